@@ -1,0 +1,10 @@
+// Each subcommand registers itself on the CLI app; main.cpp only wires them up.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace tailor::cli {
+
+void register_inspect(CLI::App& app);
+void register_convert(CLI::App& app);
+
+}  // namespace tailor::cli
