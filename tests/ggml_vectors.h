@@ -15,7 +15,7 @@
 
 #include "tailor/quant/codec.h"
 
-namespace tailor::testing {
+namespace tailor::test {
 
 inline std::string vectors_dir() { return std::string(TAILOR_SHARED_DIR) + "/testdata/ggml-vectors"; }
 
@@ -143,9 +143,9 @@ inline void expect_quantize_error_ok(GgmlType type, double tol_real = 0.02, doub
       EXPECT_LE(a, b * (1 + tol) + 1e-30)
           << tname << " " << s.name << " " << mode << ": ours " << a << " ggml " << b
           << " ratio " << (b > 0 ? a / b : 0);
-      RecordProperty(tname + "_" + s.name + "_" + mode + "_ratio", std::to_string(b > 0 ? a / b : 0));
+      ::testing::Test::RecordProperty(tname + "_" + s.name + "_" + mode + "_ratio", std::to_string(b > 0 ? a / b : 0));
     }
   }
 }
 
-}  // namespace tailor::testing
+}  // namespace tailor::test

@@ -8,7 +8,7 @@ using namespace tailor;
 
 TEST(TypeCatalog, MatchesVectorManifest) {
   int n = 0;
-  for (const auto& t : testing::manifest()["types"]) {
+  for (const auto& t : test::manifest()["types"]) {
     const TypeInfo* info = find_type(t["name"].get<std::string>());
     ASSERT_NE(info, nullptr) << t["name"];
     EXPECT_EQ(static_cast<uint32_t>(info->type), t["ggml_type_id"].get<uint32_t>()) << info->name;
