@@ -142,12 +142,20 @@ class CpuBackend final : public Backend {
     if (rows <= 0 || cols <= 0) fail("{}: empty or negative shape {}x{}", op, rows, cols);
   }
 
-  static void softmax(float* x, int64_t n) {
+  // softmax(scale * x) in place; scale > 0, so the row maximum of x gives the
+  // shift. Eight float partial sums keep the loop free of a serial
+  // dependency; their rounding is far below the 1e-6 the ops are held to.
+  static void softmax(float* x, int64_t n, float scale = 1.0f) {
     const float mx = *std::max_element(x, x + n);
-    double sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += x[i] = std::exp(x[i] - mx);
-    const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+    float part[8] = {};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      for (int j = 0; j < 8; ++j) part[j] += x[i + j] = std::exp((x[i + j] - mx) * scale);
+    for (; i < n; ++i) part[0] += x[i] = std::exp((x[i] - mx) * scale);
+    const float sum = ((part[0] + part[1]) + (part[2] + part[3])) +
+                      ((part[4] + part[5]) + (part[6] + part[7]));
+    const float inv = 1.0f / sum;
+    for (i = 0; i < n; ++i) x[i] *= inv;
   }
 
   int threads_for(int64_t work) const {
@@ -178,9 +186,9 @@ class CpuBackend final : public Backend {
 void CpuBackend::attention(const AttentionShape& s, const float* q, const float* k,
                            const float* v, float* out) {
   if (s.q_len <= 0 || s.kv_len < s.q_len || s.n_heads <= 0 || s.n_kv_heads <= 0 ||
-      s.head_dim <= 0 || s.n_heads % s.n_kv_heads != 0)
-    fail("attention: bad shape q_len={} kv_len={} heads={} kv_heads={} head_dim={}", s.q_len,
-         s.kv_len, s.n_heads, s.n_kv_heads, s.head_dim);
+      s.head_dim <= 0 || s.n_heads % s.n_kv_heads != 0 || !(s.scale > 0))
+    fail("attention: bad shape q_len={} kv_len={} heads={} kv_heads={} head_dim={} scale={}",
+         s.q_len, s.kv_len, s.n_heads, s.n_kv_heads, s.head_dim, s.scale);
   constexpr int64_t kTile = 64;
   const int64_t tiles = (s.q_len + kTile - 1) / kTile;
   const int64_t group = s.n_heads / s.n_kv_heads;
@@ -202,8 +210,7 @@ void CpuBackend::attention(const AttentionShape& s, const float* q, const float*
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = scores.data() + r * keys;
         const int64_t visible = offset + i0 + r + 1;
-        for (int64_t j = 0; j < visible; ++j) sr[j] *= s.scale;
-        softmax(sr, visible);
+        softmax(sr, visible, s.scale);
         std::fill(sr + visible, sr + keys, 0.0f);
       }
       sgemm(opt_.gemm, false, rows, s.head_dim, keys, scores.data(), keys, vh, kv_stride, 0.0f,

@@ -1,6 +1,8 @@
 #include "tailor/engine/gemm.h"
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <cstdlib>
 #include <string>
 
@@ -98,6 +100,10 @@ void sgemm(GemmImpl impl, bool bt, int64_t m, int64_t n, int64_t k, const float*
                                  static_cast<int>(st), m, n, k);
     return;
   }
+  // CBLAS takes int dimensions.
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  if (std::max({m, n, k, lda, ldb, ldc}) > kIntMax)
+    fail("sgemm: m={} n={} k={} exceed OpenBLAS's int dimensions", m, n, k);
   openblas_threads(t);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, bt ? CblasTrans : CblasNoTrans, static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(k), 1.0f, a, static_cast<int>(lda), b,
