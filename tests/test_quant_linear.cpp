@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "ggml_vectors.h"
 #include "tailor/quant/codec.h"
+#include "tailor/quant/scale_search.h"
 #include "tailor/quant/types.h"
 #include "tailor/util/error.h"
 
@@ -98,4 +100,57 @@ TEST(LinearQuant, RejectsRowsThatDoNotFit) {
   std::vector<uint8_t> q(1024);
   EXPECT_THROW(quantize_row(GgmlType::Q4_K, x.data(), q.data(), 100, nullptr), Error);
   EXPECT_THROW(dequantize_row(GgmlType::Q4_0, q.data(), x.data(), 100), Error);
+}
+
+// Inputs ggml leaves undefined (NaN, infinities, huge and subnormal values)
+// must not crash or write outside the row.
+TEST(LinearQuant, SurvivesHostileInput) {
+  const int64_t cols = 512;
+  std::vector<float> x(cols);
+  for (int64_t j = 0; j < cols; ++j) x[j] = 0.01f * float(j % 17) - 0.08f;
+  x[3] = std::numeric_limits<float>::quiet_NaN();
+  x[40] = std::numeric_limits<float>::infinity();
+  x[41] = -std::numeric_limits<float>::infinity();
+  x[300] = 3e38f;
+  x[301] = 1e-40f;
+  std::vector<float> w(cols, 1.0f);
+  w[5] = 0.0f;
+  for (GgmlType t : kLinearTypes)
+    for (const float* imp : {static_cast<const float*>(nullptr), static_cast<const float*>(w.data())}) {
+      const size_t rb = row_size(t, cols);
+      std::vector<uint8_t> q(rb + 64, 0xA5);
+      quantize_row(t, x.data(), q.data(), cols, imp);
+      for (size_t k = rb; k < q.size(); ++k) ASSERT_EQ(q[k], 0xA5) << type_name(t) << " wrote past the row";
+      std::vector<float> y(cols);
+      dequantize_row(t, q.data(), y.data(), cols);
+    }
+}
+
+TEST(ScaleSearch, NearestIntRoundsHalfToEven) {
+  using quant::nearest_int;
+  EXPECT_EQ(nearest_int(2.5f), 2);
+  EXPECT_EQ(nearest_int(3.5f), 4);
+  EXPECT_EQ(nearest_int(-2.5f), -2);
+  EXPECT_EQ(nearest_int(-0.4f), 0);
+  EXPECT_EQ(nearest_int(4194303.0f), 4194303);
+  EXPECT_EQ(nearest_int(-7.6f), -8);
+}
+
+TEST(ScaleSearch, ZeroGroupsGiveZeroScaleAndLevels) {
+  float x[16] = {};
+  x[4] = 1e-16f;  // below the all-zero threshold
+  int8_t L[16];
+  std::fill(std::begin(L), std::end(L), int8_t(7));
+  EXPECT_EQ(quant::fit_symmetric(16, 4, x, nullptr, L), 0.0f);
+  for (int8_t l : L) EXPECT_EQ(l, 0);
+  uint8_t U[16];
+  float w[16];
+  std::fill(std::begin(w), std::end(w), 1.0f);
+  EXPECT_EQ(quant::fit_positive(16, 15, x, w, U), 0.0f);
+  for (uint8_t l : U) EXPECT_EQ(l, 0);
+  // A constant negative group is exactly its min with zero scale.
+  std::fill(std::begin(x), std::end(x), -0.25f);
+  float neg_min = 0.0f;
+  EXPECT_EQ(quant::fit_affine(16, 15, x, nullptr, U, &neg_min, quant::AffineSearch{-1.0f, 0.1f, 20, false}), 0.0f);
+  EXPECT_EQ(neg_min, 0.25f);
 }
