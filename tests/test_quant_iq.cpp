@@ -22,7 +22,7 @@ using tailor::test::expect_dequantize_bit_exact;
 namespace {
 
 constexpr GgmlType kGridTypes[] = {GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ2_S,
-                                   GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ1_S,
+                                   GgmlType::IQ3_XXS, GgmlType::IQ3_S,  GgmlType::IQ1_S,
                                    GgmlType::IQ1_M};
 
 // FNV-1a 64 over each entry's little-endian bytes.
@@ -41,7 +41,8 @@ template <typename T>
 std::set<unsigned> byte_values(const T* table, int n) {
   std::set<unsigned> out;
   for (int i = 0; i < n; ++i)
-    for (size_t j = 0; j < sizeof(T); ++j) out.insert(unsigned(uint64_t(table[i]) >> (8 * j)) & 0xffu);
+    for (size_t j = 0; j < sizeof(T); ++j)
+      out.insert(unsigned(uint64_t(table[i]) >> (8 * j)) & 0xffu);
   return out;
 }
 
@@ -86,7 +87,8 @@ TEST(IqGrids, EntriesAreDistinctLatticePoints) {
   EXPECT_EQ(byte_values(kIq2xxsGrid, kIq2xxsGridSize), iq2);
   EXPECT_EQ(byte_values(kIq2xsGrid, kIq2xsGridSize), iq2);
   EXPECT_EQ(byte_values(kIq2sGrid, kIq2sGridSize), iq2);
-  EXPECT_EQ(byte_values(kIq3xxsGrid, kIq3xxsGridSize), (std::set<unsigned>{4, 12, 20, 28, 36, 44, 52, 62}));
+  EXPECT_EQ(byte_values(kIq3xxsGrid, kIq3xxsGridSize),
+            (std::set<unsigned>{4, 12, 20, 28, 36, 44, 52, 62}));
   EXPECT_EQ(byte_values(kIq3sGrid, kIq3sGridSize), (std::set<unsigned>{1, 3, 5, 7, 9, 11, 13, 15}));
   EXPECT_EQ(byte_values(kIq1sGrid, kIq1sGridSize), (std::set<unsigned>{0x00, 0x01, 0xff}));
 }
@@ -133,7 +135,8 @@ TEST(IqDequant, ZeroScaleGivesZeros) {
     size_t bytes = row_size(t, 256);
     std::vector<uint8_t> q(bytes);
     for (auto& b : q) b = static_cast<uint8_t>(rng());
-    // Clear the f16 super-block scale: bytes 0-1, or for IQ1_M the top nibbles of its 4 scale words.
+    // Clear the f16 super-block scale: bytes 0-1, or for IQ1_M the top nibbles of its 4 scale
+    // words.
     if (t == GgmlType::IQ1_M) {
       for (int k = 0; k < 4; ++k) q[48 + 2 * k + 1] &= 0x0f;
     } else {
@@ -142,5 +145,47 @@ TEST(IqDequant, ZeroScaleGivesZeros) {
     std::vector<float> y(256);
     dequantize_row(t, q.data(), y.data(), 256);
     for (float v : y) ASSERT_EQ(v, 0.0f) << type_name(t);
+  }
+}
+
+// Quantizers: error against ggml's own on the same inputs (sse plain, wsse with imatrix).
+TEST(IqQuantize, Iq3xxsErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ3_XXS); }
+TEST(IqQuantize, Iq3sErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ3_S); }
+TEST(IqQuantize, Iq2sErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ2_S); }
+
+// Degenerate rows (all zero, constant, subnormal, huge, NaN/inf, zero
+// importance) must not crash or leave the grid; finite moderate inputs must
+// dequantize to finite values, and an all-zero row to all zeros.
+TEST(IqQuantize, DegenerateRowsAreSafe) {
+  const float inf = INFINITY, nan = NAN;
+  for (GgmlType t : {GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ2_S}) {
+    const int64_t n = 512;
+    std::vector<std::vector<float>> rows;
+    rows.push_back(std::vector<float>(n, 0.f));
+    rows.push_back(std::vector<float>(n, 0.05f));
+    rows.push_back(std::vector<float>(n, -1e-40f));
+    rows.push_back(std::vector<float>(n, 3e4f));
+    std::vector<float> mixed(n);
+    for (int64_t i = 0; i < n; ++i) mixed[i] = (i % 3 == 0) ? 0.f : float(i % 17) - 8.f;
+    rows.push_back(mixed);
+    const size_t finite_rows = rows.size();
+    auto bad = mixed;
+    bad[5] = nan, bad[300] = inf, bad[301] = -inf;
+    rows.push_back(bad);
+    std::vector<float> zero_imp(n, 0.f), imp(n, 1.f);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const float* importances[] = {nullptr, imp.data(), zero_imp.data()};
+      for (const float* w : importances) {
+        std::vector<uint8_t> q(row_size(t, n));
+        quantize_row(t, rows[r].data(), q.data(), n, w);
+        std::vector<float> y(n);
+        dequantize_row(t, q.data(), y.data(), n);
+        if (r >= finite_rows) continue;
+        for (float v : y) ASSERT_TRUE(std::isfinite(v)) << type_name(t) << " row " << r;
+        if (r == 0) {
+          for (float v : y) ASSERT_EQ(v, 0.f) << type_name(t);
+        }
+      }
+    }
   }
 }

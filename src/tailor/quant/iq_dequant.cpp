@@ -59,7 +59,8 @@ constexpr size_t kIq3xxsBytes = 98;
 // IQ3_S, 110 bytes: f16 d | 64 low index bytes | 8 high-bit bytes | 32 sign bytes | 4 scale bytes.
 constexpr size_t kIq3sBytes = 110;
 
-// IQ1_S, 50 bytes: f16 d | 32 low index bytes | 8 x u16 (4 x 3 high index bits, 3-bit scale, delta sign).
+// IQ1_S, 50 bytes: f16 d | 32 low index bytes | 8 x u16 (4 x 3 high index bits, 3-bit scale, delta
+// sign).
 constexpr size_t kIq1sBytes = 50;
 
 // IQ1_M, 56 bytes: 32 low index bytes | 16 bytes (2 x (3 high bits, delta sign)) | 4 x u16 scales,
@@ -190,7 +191,8 @@ void dequantize_iq1_m(const void* src, float* y, int64_t n) {
     const float d = fp16_to_fp32(dbits);
     for (int sub = 0; sub < 8; ++sub) {
       const unsigned word = sc[sub / 2] >> (6 * (sub % 2));
-      const float dl[2] = {d * float(2 * int(word & 7u) + 1), d * float(2 * int((word >> 3) & 7u) + 1)};
+      const float dl[2] = {d * float(2 * int(word & 7u) + 1),
+                           d * float(2 * int((word >> 3) & 7u) + 1)};
       for (int g = 0; g < 4; ++g, y += 8) {
         // Each high byte serves two groups: low nibble the first, high nibble the second.
         const unsigned nib = (high[2 * sub + g / 2] >> (4 * (g % 2))) & 15u;

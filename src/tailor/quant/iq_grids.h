@@ -26,7 +26,9 @@ extern const uint32_t kIq3sGrid[kIq3sGridSize];
 extern const uint64_t kIq1sGrid[kIq1sGridSize];
 
 // Element j (0-based, least significant byte first) of a packed grid entry.
-constexpr uint8_t grid_byte(uint64_t entry, int j) { return static_cast<uint8_t>(entry >> (8 * j)); }
+constexpr uint8_t grid_byte(uint64_t entry, int j) {
+  return static_cast<uint8_t>(entry >> (8 * j));
+}
 
 // IQ2/IQ3 store 7 sign bits per 8 values; the 8th is implied by even parity
 // (an even number of negatives in each group of 8). The table maps the 7
