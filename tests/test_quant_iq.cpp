@@ -194,6 +194,8 @@ TEST(IqQuantize, DegenerateRowsAreSafe) {
 }
 TEST(IqQuantize, Iq2xxsErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ2_XXS); }
 TEST(IqQuantize, Iq2xsErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ2_XS); }
+TEST(IqQuantize, Iq1sErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ1_S); }
+TEST(IqQuantize, Iq1mErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ1_M); }
 
 // Same search in the same float operation order as ggml, so the bytes match
 // ggml's own .q files row for row (this build has no FMA contraction, like
@@ -228,7 +230,7 @@ TEST(IqQuantize, BytesMatchGgml) {
 
 TEST(IqQuantize, MissingImportanceIsAnError) {
   std::vector<float> x(256, 0.1f);
-  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::IQ2_XS}) {
+  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ1_S}) {
     std::vector<uint8_t> q(row_size(t, 256));
     EXPECT_THROW(quantize_row(t, x.data(), q.data(), 256, nullptr), Error) << type_name(t);
   }

@@ -37,8 +37,8 @@ Kernels kernels_for(GgmlType t) {
     case GgmlType::IQ2_S: return {dequantize_iq2_s, quantize_iq2_s};
     case GgmlType::IQ3_XXS: return {dequantize_iq3_xxs, quantize_iq3_xxs};
     case GgmlType::IQ3_S: return {dequantize_iq3_s, quantize_iq3_s};
-    case GgmlType::IQ1_S: return {dequantize_iq1_s, nullptr};
-    case GgmlType::IQ1_M: return {dequantize_iq1_m, nullptr};
+    case GgmlType::IQ1_S: return {dequantize_iq1_s, quantize_iq1_s};
+    case GgmlType::IQ1_M: return {dequantize_iq1_m, quantize_iq1_m};
     default: return {};
   }
 }

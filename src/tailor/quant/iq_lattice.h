@@ -4,7 +4,9 @@
 // so a search can always snap to a storable code. Built once per codebook on
 // first use, from the dequantization grids in iq_grids.h.
 #pragma once
+#include <cfloat>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -23,6 +25,28 @@ class Lattice {
   int find(const int8_t* L) const;
   // For an off-grid L: its nearest entries, ordered by distance then index.
   std::span<const uint16_t> neighbours(const int8_t* L) const;
+
+  // Keeps L if it is a pattern (returns true); otherwise replaces it by the
+  // neighbour whose values scale * value(level) fit x with the least
+  // w-weighted squared error (returns false).
+  template <typename Value>
+  bool snap(int8_t* L, const float* x, const float* w, float scale, Value value) const {
+    if (find(L) >= 0) return true;
+    auto candidates = neighbours(L);
+    float best = FLT_MAX;
+    int pick = candidates[0];
+    for (uint16_t e : candidates) {
+      const int8_t* lv = levels(e);
+      float err = 0;
+      for (int i = 0; i < dim_; ++i) {
+        float diff = scale * value(lv[i]) - x[i];
+        err += w[i] * diff * diff;
+      }
+      if (err < best) best = err, pick = e;
+    }
+    std::memcpy(L, levels(pick), size_t(dim_));
+    return false;
+  }
 
  private:
   unsigned key(const int8_t* L) const;

@@ -40,24 +40,9 @@ struct Search {
   float eps;  // sub-blocks whose largest magnitude is below this are stored empty
 };
 
-// Keeps L if it is a codebook pattern; otherwise replaces it by the nearest
-// entry with the least weighted error at `scale`. Returns whether L was on grid.
+// Snaps to the codebook on the odd lattice: level l has value 2l+1.
 bool snap(const Lattice& lat, int8_t* L, const float* xval, const float* waux, float scale) {
-  if (lat.find(L) >= 0) return true;
-  auto candidates = lat.neighbours(L);
-  float best = FLT_MAX;
-  int pick = candidates[0];
-  for (uint16_t e : candidates) {
-    const int8_t* lv = lat.levels(e);
-    float err = 0;
-    for (int i = 0; i < lat.dim(); ++i) {
-      float diff = scale * float(2 * lv[i] + 1) - xval[i];
-      err += waux[i] * diff * diff;
-    }
-    if (err < best) best = err, pick = e;
-  }
-  std::memcpy(L, lat.levels(pick), size_t(lat.dim()));
-  return false;
+  return lat.snap(L, xval, waux, scale, [](int l) { return float(2 * l + 1); });
 }
 
 // Unconstrained weighted fit of levels 0..nmax to x (x >= 0 apart from a

@@ -34,8 +34,8 @@ constexpr std::array kTypes = {
     TypeInfo{T::IQ2_S, "IQ2_S", 256, 82, true, true, true, false},
     TypeInfo{T::IQ3_XXS, "IQ3_XXS", 256, 98, true, true, true, false},
     TypeInfo{T::IQ3_S, "IQ3_S", 256, 110, true, true, true, false},
-    TypeInfo{T::IQ1_S, "IQ1_S", 256, 50, false, true, true, true},
-    TypeInfo{T::IQ1_M, "IQ1_M", 256, 56, false, true, true, false},
+    TypeInfo{T::IQ1_S, "IQ1_S", 256, 50, true, true, true, true},
+    TypeInfo{T::IQ1_M, "IQ1_M", 256, 56, true, true, true, false},
     // Types Tailor recognises in files but cannot convert.
     TypeInfo{T::Q8_1, "Q8_1", 32, 36, false, false, false, false},
     TypeInfo{T::Q8_K, "Q8_K", 256, 292, false, false, false, false},
