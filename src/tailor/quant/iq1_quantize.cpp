@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#include <span>
 
 #include "tailor/quant/iq_grids.h"
 #include "tailor/quant/iq_lattice.h"

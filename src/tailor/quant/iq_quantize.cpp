@@ -6,10 +6,8 @@
 // the super-block then stores one f16 scale and 4-bit sub-block multipliers.
 #include <algorithm>
 #include <bit>
-#include <cfloat>
 #include <cmath>
 #include <cstring>
-#include <vector>
 
 #include "tailor/quant/iq_lattice.h"
 #include "tailor/quant/kernels.h"
