@@ -155,6 +155,63 @@ TEST(QuantBF16, MatchesGgmlVectors) {
   expect_quantize_bytes_equal(GgmlType::BF16);
 }
 
+TEST(QuantTQ1_0, MatchesGgmlVectors) {
+  test::expect_dequantize_bit_exact(GgmlType::TQ1_0);
+  test::expect_quantize_error_ok(GgmlType::TQ1_0, 0.0, 0.0);
+  expect_quantize_bytes_equal(GgmlType::TQ1_0);
+}
+
+TEST(QuantTQ2_0, MatchesGgmlVectors) {
+  test::expect_dequantize_bit_exact(GgmlType::TQ2_0);
+  test::expect_quantize_error_ok(GgmlType::TQ2_0, 0.0, 0.0);
+  expect_quantize_bytes_equal(GgmlType::TQ2_0);
+}
+
+// TQ1_0 and TQ2_0 hold the same ternary values in different packings.
+TEST(QuantTernary, BothPackingsDecodeAlike) {
+  test::VectorSet s = load_set("real1280");
+  std::vector<float> a(s.input.size()), b(s.input.size());
+  for (auto [t, out] : {std::pair{GgmlType::TQ1_0, &a}, std::pair{GgmlType::TQ2_0, &b}}) {
+    std::vector<uint8_t> q(row_size(t, s.cols) * s.rows);
+    quantize_rows(t, s.input.data(), q.data(), s.rows, s.cols, nullptr, 1);
+    dequantize_rows(t, q.data(), out->data(), s.rows, s.cols, 1);
+  }
+  EXPECT_EQ(bits_of(a), bits_of(b));
+}
+
+TEST(QuantIQ4_NL, MatchesGgmlVectors) {
+  test::expect_dequantize_bit_exact(GgmlType::IQ4_NL);
+  test::expect_quantize_error_ok(GgmlType::IQ4_NL, 0.02, 0.05);
+}
+
+TEST(QuantIQ4_XS, MatchesGgmlVectors) {
+  test::expect_dequantize_bit_exact(GgmlType::IQ4_XS);
+  test::expect_quantize_error_ok(GgmlType::IQ4_XS, 0.02, 0.05);
+}
+
+// Quantizing with the importance vector must lower the importance-weighted
+// error compared with quantizing without it, on every set.
+TEST(QuantIQ4, ImportanceVectorLowersWeightedError) {
+  for (GgmlType t : {GgmlType::IQ4_NL, GgmlType::IQ4_XS}) {
+    for (const char* name : {"real512", "real1280", "synth512"}) {
+      test::VectorSet s = load_set(name);
+      double err[2];
+      for (int with = 0; with < 2; ++with) {
+        const float* w = with ? s.imatrix.data() : nullptr;
+        std::vector<uint8_t> q(row_size(t, s.cols) * s.rows);
+        quantize_rows(t, s.input.data(), q.data(), s.rows, s.cols, w, 1);
+        std::vector<float> y(s.input.size());
+        dequantize_rows(t, q.data(), y.data(), s.rows, s.cols, 1);
+        auto rows = test::row_errors(s, y, s.imatrix.data());
+        err[with] = 0;
+        for (int64_t r = 0; r < s.rows; ++r) err[with] += rows[r] / (s.row_wsum_sq[r] > 0 ? s.row_wsum_sq[r] : 1.0);
+      }
+      EXPECT_LT(err[1], 0.8 * err[0]) << type_name(t) << " " << name << ": with " << err[1]
+                                      << " without " << err[0];
+    }
+  }
+}
+
 TEST(QuantQ8_0, MatchesGgmlVectors) {
   test::expect_dequantize_bit_exact(GgmlType::Q8_0);
   test::expect_quantize_error_ok(GgmlType::Q8_0, 0.0, 0.0);
