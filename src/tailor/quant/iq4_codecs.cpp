@@ -4,6 +4,7 @@
 // per 32 values. Scales come from a weighted least-squares search over a few
 // candidate grid stretchings, as ggml does, so the error matches ggml's.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -35,15 +36,26 @@ struct BlockIQ4XS {
 static_assert(sizeof(BlockIQ4XS) == 136, "block_iq4_xs is 136 bytes in ggml");
 
 // Index of the codebook entry nearest to v; at an exact midpoint the larger entry.
-inline int nearest_code(float v) {
-  if (v <= kCodebook[0]) return 0;
-  if (v >= kCodebook[15]) return 15;
-  int lo = 0, hi = 15;  // invariant: kCodebook[lo] <= v < kCodebook[hi]
-  while (hi - lo > 1) {
-    int mid = (lo + hi) / 2;
-    if (v < kCodebook[mid]) hi = mid; else lo = mid;
+// All midpoints are multiples of 1/2, so the answer is constant on each interval
+// [h/2, (h+1)/2) and a table over h replaces a branchy search (the hot spot).
+constexpr int kHalfLo = 2 * -127, kHalfHi = 2 * 113;
+constexpr auto kNearestByHalf = [] {
+  std::array<uint8_t, kHalfHi - kHalfLo> t{};
+  for (int h = kHalfLo; h < kHalfHi; ++h) {
+    int idx = 0;  // number of midpoints at or below h/2, doubled to stay in integers
+    for (int k = 0; k < 15; ++k) idx += kCodebook[k] + kCodebook[k + 1] <= h;
+    t[h - kHalfLo] = static_cast<uint8_t>(idx);
   }
-  return v - kCodebook[lo] < kCodebook[hi] - v ? lo : hi;
+  return t;
+}();
+
+inline int nearest_code(float v) {
+  if (!(v > kCodebook[0])) return 0;  // NaN lands here too
+  if (v >= kCodebook[15]) return 15;
+  // 2v + 256 > 0, so truncation is floor; a value within rounding of an integer
+  // boundary may take the neighbouring interval, i.e. decide a near-tie differently.
+  int h = static_cast<int>(2.0f * v + 256.0f) - 256;
+  return kNearestByHalf[std::clamp(h, kHalfLo, kHalfHi - 1) - kHalfLo];
 }
 
 // Per-value weights of the squared error the search minimises. Without an
