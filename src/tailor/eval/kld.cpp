@@ -68,7 +68,8 @@ KldPoint kld_point(std::span<const float> logits, const RefRow& ref) {
     }
     if (std::isfinite(ref.tail_logprob)) {
       const double q_tail = std::max(1.0 - in_mass, DBL_MIN);
-      kld += std::exp(double(ref.tail_logprob)) * (double(ref.tail_logprob) - std::log(q_tail));
+      pt.ref_tail = std::exp(double(ref.tail_logprob));
+      kld += pt.ref_tail * (double(ref.tail_logprob) - std::log(q_tail));
     }
     pt.same_top = ref.ids[0] == q.argmax;
   }
@@ -105,6 +106,7 @@ void KldAccumulator::add(const KldPoint& p) {
   sum_dp2_ += dp2;
   sum_dp4_ += dp2 * dp2;
   same_top_ += p.same_top;
+  sum_tail_ += p.ref_tail;
   ++count_;
   kld_values_.push_back(float(p.kld));
   p_diff_values_.push_back(float(p.p_diff));
@@ -122,6 +124,7 @@ void KldAccumulator::merge(const KldAccumulator& o) {
   sum_dp2_ += o.sum_dp2_;
   sum_dp4_ += o.sum_dp4_;
   same_top_ += o.same_top_;
+  sum_tail_ += o.sum_tail_;
   count_ += o.count_;
   kld_values_.insert(kld_values_.end(), o.kld_values_.begin(), o.kld_values_.end());
   p_diff_values_.insert(p_diff_values_.end(), o.p_diff_values_.begin(), o.p_diff_values_.end());
@@ -151,6 +154,7 @@ KldReport KldAccumulator::report() const {
   const double rms = std::sqrt(mse.value);
   r.p_diff_rms = {rms, rms > 0 ? 0.5 / rms * mse.error : 0.0};
   const double top = double(same_top_) / double(n);
+  r.mean_ref_tail = sum_tail_ / double(n);
   r.same_top = {top, n > 1 ? std::sqrt(top * (1 - top) / double(n - 1)) : 0.0};
 
   std::vector<float> k = kld_values_;

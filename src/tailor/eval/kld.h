@@ -34,6 +34,7 @@ struct KldPoint {
   double nll = 0, nll_base = 0;  // -log q(target), -log p(target)
   bool same_top = false;
   double p_diff = 0;             // q(target) - p(target)
+  double ref_tail = 0;           // reference mass outside the stored tokens (0 for dense rows)
 };
 KldPoint kld_point(std::span<const float> logits, const RefRow& ref);
 
@@ -60,6 +61,9 @@ struct KldReport {
          p_diff_p75 = 0, p_diff_median = 0, p_diff_p25 = 0, p_diff_p10 = 0, p_diff_p05 = 0,
          p_diff_p01 = 0, p_diff_p001 = 0, p_diff_min = 0;
   Estimate same_top;    // fraction of positions whose argmax agrees
+  // Mean reference mass outside the stored top tokens. The top-k KLD is a
+  // lower bound whose relative gap is of this order: report it next to the KLD.
+  double mean_ref_tail = 0;
 };
 
 // Sums and per-position values. Memory: two floats per scored token (the
@@ -75,7 +79,7 @@ class KldAccumulator {
 
  private:
   double sum_nll_ = 0, sum_nll2_ = 0, sum_base_ = 0, sum_base2_ = 0, sum_nll_base_ = 0;
-  double sum_kld_ = 0, sum_kld2_ = 0, sum_dp_ = 0, sum_dp2_ = 0, sum_dp4_ = 0;
+  double sum_kld_ = 0, sum_kld2_ = 0, sum_dp_ = 0, sum_dp2_ = 0, sum_dp4_ = 0, sum_tail_ = 0;
   int64_t same_top_ = 0, count_ = 0;
   std::vector<float> kld_values_, p_diff_values_;
 };

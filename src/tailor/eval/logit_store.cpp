@@ -50,20 +50,23 @@ void check_rows(const char* who, std::span<const int32_t> targets, std::span<con
 
 // ---- Tailor top-k writer ----
 
-TopKLogitsWriter::TopKLogitsWriter(std::string path, int64_t n_vocab, int64_t top_k, int64_t n_ctx,
-                                   int64_t first_row)
-    : out_(std::move(path)), n_vocab_(n_vocab), top_k_(top_k) {
+TopKLogitsWriter::TopKLogitsWriter(std::string path, int64_t n_vocab, int64_t n_ctx, int64_t first_row,
+                                   TopKOptions opt)
+    : out_(std::move(path)), n_vocab_(n_vocab), opt_(opt) {
   if (n_vocab < 1 || n_vocab > kMaxVocab) fail("{}: vocabulary size {} out of range", out_.path(), n_vocab);
-  if (top_k < 1 || top_k > n_vocab) fail("{}: top-k {} must be in [1, {}]", out_.path(), top_k, n_vocab);
+  opt_.max_k = std::min(opt_.max_k, n_vocab);
+  opt_.min_k = std::min(opt_.min_k, opt_.max_k);
+  if (opt_.min_k < 1 || !(opt_.coverage >= 0 && opt_.coverage <= 1))
+    fail("{}: kept tokens [{}, {}] / coverage {} out of range", out_.path(), opt_.min_k, opt_.max_k, opt_.coverage);
   if (n_ctx < 2 || n_ctx > kMaxCtx || first_row < 0 || first_row >= n_ctx)
     fail("{}: context {} / first row {} out of range", out_.path(), n_ctx, first_row);
   std::vector<uint8_t> h(kTopKMagic, kTopKMagic + 8);
   put<uint32_t>(h, 1);
   put<uint32_t>(h, uint32_t(n_vocab));
-  put<uint32_t>(h, uint32_t(top_k));
+  put<uint32_t>(h, uint32_t(opt_.max_k));
   put<uint32_t>(h, uint32_t(n_ctx));
   put<uint32_t>(h, uint32_t(first_row));
-  put<uint32_t>(h, 0);
+  put<uint32_t>(h, uint32_t(opt_.min_k));
   out_.write(h.data(), h.size());
   order_.resize(size_t(n_vocab));
 }
@@ -76,25 +79,32 @@ void TopKLogitsWriter::add_window(int64_t start, std::span<const int32_t> target
   put<uint32_t>(record_, uint32_t(targets.size()));
   put<uint64_t>(record_, uint64_t(start));
   out_.write(record_.data(), record_.size());
-  const size_t k = size_t(top_k_);
+  const auto max_k = ptrdiff_t(opt_.max_k);
   for (size_t r = 0; r < targets.size(); ++r) {
     const auto row = logits.subspan(r * size_t(n_vocab_), size_t(n_vocab_));
     const RowSoftmax sm = row_softmax(row);
-    std::iota(order_.begin(), order_.end(), 0);
-    std::partial_sort(order_.begin(), order_.begin() + ptrdiff_t(k), order_.end(), [&](int32_t a, int32_t b) {
+    auto more_likely = [&](int32_t a, int32_t b) {
       return row[size_t(a)] > row[size_t(b)] || (row[size_t(a)] == row[size_t(b)] && a < b);
-    });
-    // The tail is summed directly over the tokens left out, not as 1 - top-k
+    };
+    std::iota(order_.begin(), order_.end(), 0);
+    std::nth_element(order_.begin(), order_.begin() + max_k - 1, order_.end(), more_likely);
+    std::sort(order_.begin(), order_.begin() + max_k, more_likely);
+    size_t n = 0;
+    double mass = 0;
+    while (n < size_t(max_k) && (n < size_t(opt_.min_k) || mass < opt_.coverage))
+      mass += std::exp(sm.logprob(row[size_t(order_[n++])]));
+    // The tail is summed directly over the tokens left out, not as 1 - kept
     // mass, so a tiny tail keeps its relative precision.
     double tail = 0;
-    for (size_t i = k; i < order_.size(); ++i) tail += std::exp(double(row[size_t(order_[i])]) - sm.max_logit);
+    for (size_t i = n; i < order_.size(); ++i) tail += std::exp(double(row[size_t(order_[i])]) - sm.max_logit);
     const float tail_lp = tail > 0 ? float(std::log(tail) - sm.log_sum_exp) : -std::numeric_limits<float>::infinity();
     record_.clear();
     put<int32_t>(record_, targets[r]);
     put<float>(record_, float(sm.logprob(row[size_t(targets[r])])));
     put<float>(record_, tail_lp);
-    for (size_t i = 0; i < k; ++i) put<int32_t>(record_, order_[i]);
-    for (size_t i = 0; i < k; ++i) put<float>(record_, float(sm.logprob(row[size_t(order_[i])])));
+    put<uint32_t>(record_, uint32_t(n));
+    for (size_t i = 0; i < n; ++i) put<int32_t>(record_, order_[i]);
+    for (size_t i = 0; i < n; ++i) put<float>(record_, float(sm.logprob(row[size_t(order_[i])])));
     out_.write(record_.data(), record_.size());
   }
   ++n_windows_;
@@ -196,17 +206,17 @@ LogitStore LogitStore::open(const std::string& path) {
     fail("{}: not a reference logits file (no Tailor or llama.cpp magic)", path);
   if (get<uint32_t>(d + 8) != 1) fail("{}: unsupported version {}", path, get<uint32_t>(d + 8));
   s.n_vocab_ = get<uint32_t>(d + 12);
-  s.top_k_ = get<uint32_t>(d + 16);
+  s.max_k_ = get<uint32_t>(d + 16);
   s.n_ctx_ = get<uint32_t>(d + 20);
   s.first_row_ = get<uint32_t>(d + 24);
+  s.min_k_ = get<uint32_t>(d + 28);
   if (s.n_vocab_ < 1 || s.n_vocab_ > kMaxVocab) fail("{}: vocabulary size {} out of range", path, s.n_vocab_);
-  if (s.top_k_ < 1 || s.top_k_ > s.n_vocab_) fail("{}: top-k {} out of range", path, s.top_k_);
+  if (s.max_k_ < 1 || s.max_k_ > s.n_vocab_ || s.min_k_ < 1 || s.min_k_ > s.max_k_)
+    fail("{}: kept-token range [{}, {}] out of range", path, s.min_k_, s.max_k_);
   if (s.n_ctx_ < 2 || s.n_ctx_ > kMaxCtx || s.first_row_ >= s.n_ctx_)
     fail("{}: context {} / first row {} out of range", path, s.n_ctx_, s.first_row_);
-  if (get<uint32_t>(d + 28) != 0) fail("{}: reserved header field is not zero", path);
-  s.record_bytes_ = 12 + 8 * uint64_t(s.top_k_);
   const uint64_t end = size - kTopKTrailer;
-  uint64_t off = kTopKHeader, rows_total = 0;
+  uint64_t off = kTopKHeader;
   while (off < end) {
     if (end - off < kWindowHeader) fail("{}: truncated window header at offset {}", path, off);
     if (get<uint32_t>(d + off) != kWindowTag) fail("{}: bad window tag at offset {}", path, off);
@@ -214,12 +224,18 @@ LogitStore LogitStore::open(const std::string& path) {
     const uint64_t start = get<uint64_t>(d + off + 8);
     if (n_rows > s.n_ctx_) fail("{}: window at offset {} has {} rows, context is {}", path, off, n_rows, s.n_ctx_);
     if (start > uint64_t(std::numeric_limits<int64_t>::max())) fail("{}: bad window start at offset {}", path, off);
+    s.windows_.push_back({uint64_t(s.row_offsets_.size()), n_rows, int64_t(start)});
     off += kWindowHeader;
-    if (uint64_t(n_rows) * s.record_bytes_ > end - off) fail("{}: window at offset {} is truncated", path, off);
-    s.windows_.push_back({off, n_rows, int64_t(start)});
-    off += uint64_t(n_rows) * s.record_bytes_;
-    rows_total += uint64_t(n_rows);
+    for (int64_t r = 0; r < n_rows; ++r) {
+      if (end - off < 16) fail("{}: truncated record at offset {}", path, off);
+      const uint64_t n = get<uint32_t>(d + off + 12);
+      if (n < 1 || n > uint64_t(s.max_k_)) fail("{}: record at offset {} keeps {} tokens, limit {}", path, off, n, s.max_k_);
+      if (16 + 8 * n > end - off) fail("{}: truncated record at offset {}", path, off);
+      s.row_offsets_.push_back(off);
+      off += 16 + 8 * n;
+    }
   }
+  const uint64_t rows_total = s.row_offsets_.size();
   const uint8_t* t = d + end;
   if (std::memcmp(t, kTopKEnd, 8) != 0) fail("{}: missing trailer (file incomplete?)", path);
   if (get<uint64_t>(t + 8) != s.windows_.size() || get<uint64_t>(t + 16) != rows_total)
@@ -247,9 +263,9 @@ int64_t LogitStore::total_rows() const {
 RefRow LogitStore::row(int64_t w, int64_t r) {
   if (r < 0 || r >= n_rows(w)) fail("{}: row {} of window {} out of range", path(), r, w);
   const Window& win = windows_[size_t(w)];
-  const uint8_t* p = file_->data() + win.offset + uint64_t(r) * record_bytes_;
   RefRow row;
   if (llama_) {
+    const uint8_t* p = file_->data() + win.offset + uint64_t(r) * record_bytes_;
     const float scale = get<float>(p), min_lp = get<float>(p + 4);
     if (!std::isfinite(scale) || !std::isfinite(min_lp) || scale < 0 || min_lp > 0)
       fail("{}: window {} row {}: bad scale {} / minimum {}", path(), w, r, scale, min_lp);
@@ -262,12 +278,13 @@ RefRow LogitStore::row(int64_t w, int64_t r) {
     row.logprobs = dense_;
     return row;
   }
-  const size_t k = size_t(top_k_);
+  const uint8_t* p = file_->data() + row_offsets_[size_t(win.offset) + size_t(r)];
+  const size_t k = get<uint32_t>(p + 12);
   row.target = get<int32_t>(p);
   row.target_logprob = get<float>(p + 4);
   row.tail_logprob = get<float>(p + 8);
-  row.ids = {reinterpret_cast<const int32_t*>(p + 12), k};
-  row.logprobs = {reinterpret_cast<const float*>(p + 12 + 4 * k), k};
+  row.ids = {reinterpret_cast<const int32_t*>(p + 16), k};
+  row.logprobs = {reinterpret_cast<const float*>(p + 16 + 4 * k), k};
   // Log-probs are stored rounded to f32, so allow a hair above zero.
   constexpr float kSlack = 1e-4f;
   auto bad = [&](const char* what) { fail("{}: window {} row {}: {}", path(), w, r, what); };
@@ -280,8 +297,9 @@ RefRow LogitStore::row(int64_t w, int64_t r) {
     const float lp = row.logprobs[i];
     if (id < 0 || id >= n_vocab_) bad("token id outside vocabulary");
     if (!(std::isfinite(lp) && lp <= kSlack)) bad("log-prob is not a log-probability");
-    if (i > 0 && (lp > row.logprobs[i - 1] || (lp == row.logprobs[i - 1] && id <= row.ids[i - 1])))
-      bad("top-k entries are not in descending order");
+    // Distinct logits may round to one f32 log-prob, so equal neighbours are
+    // accepted in any id order.
+    if (i > 0 && lp > row.logprobs[i - 1]) bad("top-k entries are not in descending order");
     mass += std::exp(double(lp));
   }
   if (mass > 1.001) bad("probabilities sum above one");
