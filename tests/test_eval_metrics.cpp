@@ -172,6 +172,7 @@ TEST(Perplexity, LlamaCppIndexingMatchesIndependentWalk) {
   EXPECT_NEAR(r.ppl, e.ppl, 1e-9 * e.ppl);
   EXPECT_NEAR(r.ppl_error, e.err, 1e-7 * e.err);
   EXPECT_EQ(r.running_ppl.size(), 5u);
+  EXPECT_NEAR(r.running_error.back(), r.ppl_error, 1e-12);
 }
 
 // The model sees each window with its first token replaced by BOS; targets
@@ -670,4 +671,9 @@ TEST(Kld, StreamingBaseThenQuantized) {
   EXPECT_GT(k.same_top.value, 0.5);
   EXPECT_GT(k.mean_ref_tail, 0.0);  // 16 of 50 tokens kept
   EXPECT_LT(k.mean_ref_tail, 0.5);
+  const std::string text = format_kld_report(k);
+  EXPECT_NE(text.find(fmt::format("Mean    KLD: {:10.6f} ± {:10.6f}", k.kld.value, k.kld.error)), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("Same top p:"), std::string::npos);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 40);  // 7 + 1 + 14 + 1 + 17 lines
 }

@@ -4,6 +4,8 @@
 #include <cfloat>
 #include <cmath>
 
+#include <fmt/format.h>
+
 #include "tailor/eval/softmax.h"
 #include "tailor/util/error.h"
 
@@ -187,6 +189,42 @@ KldReport KldAccumulator::report() const {
   r.p_diff_p01 = percentile_sorted(d, 0.01);
   r.p_diff_p001 = percentile_sorted(d, 0.001);
   return r;
+}
+
+std::string format_kld_report(const KldReport& r) {
+  std::string o;
+  auto line = [&](const std::string& s) { o += s + "\n"; };
+  line("====== Perplexity statistics ======");
+  line(fmt::format("Mean PPL(Q)                   : {:10.6f} ± {:10.6f}", r.ppl.value, r.ppl.error));
+  line(fmt::format("Mean PPL(base)                : {:10.6f} ± {:10.6f}", r.ppl_base.value, r.ppl_base.error));
+  line(fmt::format("Cor(ln(PPL(Q)), ln(PPL(base))): {:6.2f}%", 100 * r.ln_ppl_correlation));
+  line(fmt::format("Mean ln(PPL(Q)/PPL(base))     : {:10.6f} ± {:10.6f}", r.ln_ppl_ratio.value, r.ln_ppl_ratio.error));
+  line(fmt::format("Mean PPL(Q)/PPL(base)         : {:10.6f} ± {:10.6f}", r.ppl_ratio.value, r.ppl_ratio.error));
+  line(fmt::format("Mean PPL(Q)-PPL(base)         : {:10.6f} ± {:10.6f}", r.ppl_diff.value, r.ppl_diff.error));
+  line("");
+  line("====== KL divergence statistics ======");
+  line(fmt::format("Mean    KLD: {:10.6f} ± {:10.6f}", r.kld.value, r.kld.error));
+  const std::pair<const char*, double> kld_rows[] = {
+      {"Maximum KLD", r.kld_max}, {"99.9%   KLD", r.kld_p999}, {"99.0%   KLD", r.kld_p99},
+      {"95.0%   KLD", r.kld_p95},  {"90.0%   KLD", r.kld_p90},  {"Median  KLD", r.kld_median},
+      {"10.0%   KLD", r.kld_p10},  {" 5.0%   KLD", r.kld_p05},  {" 1.0%   KLD", r.kld_p01},
+      {" 0.1%   KLD", r.kld_p001}, {"Minimum KLD", r.kld_min}};
+  for (const auto& [name, v] : kld_rows) line(fmt::format("{}: {:10.6f}", name, v));
+  if (r.mean_ref_tail > 0)
+    line(fmt::format("Reference tail mass (KLD is a lower bound): {:.4f}%", 100 * r.mean_ref_tail));
+  line("");
+  line("====== Token probability statistics ======");
+  line(fmt::format("Mean    Δp: {:6.3f} ± {:5.3f} %", 100 * r.p_diff.value, 100 * r.p_diff.error));
+  const std::pair<const char*, double> dp_rows[] = {
+      {"Maximum Δp", r.p_diff_max}, {"99.9%   Δp", r.p_diff_p999}, {"99.0%   Δp", r.p_diff_p99},
+      {"95.0%   Δp", r.p_diff_p95}, {"90.0%   Δp", r.p_diff_p90},  {"75.0%   Δp", r.p_diff_p75},
+      {"Median  Δp", r.p_diff_median}, {"25.0%   Δp", r.p_diff_p25}, {"10.0%   Δp", r.p_diff_p10},
+      {" 5.0%   Δp", r.p_diff_p05}, {" 1.0%   Δp", r.p_diff_p01},  {" 0.1%   Δp", r.p_diff_p001},
+      {"Minimum Δp", r.p_diff_min}};
+  for (const auto& [name, v] : dp_rows) line(fmt::format("{}: {:6.3f}%", name, 100 * v));
+  line(fmt::format("RMS Δp    : {:6.3f} ± {:5.3f} %", 100 * r.p_diff_rms.value, 100 * r.p_diff_rms.error));
+  line(fmt::format("Same top p: {:6.3f} ± {:5.3f} %", 100 * r.same_top.value, 100 * r.same_top.error));
+  return o;
 }
 
 }  // namespace tailor::eval

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace tailor::eval {
@@ -65,6 +66,10 @@ struct KldReport {
   // lower bound whose relative gap is of this order: report it next to the KLD.
   double mean_ref_tail = 0;
 };
+
+// The report in llama-perplexity's wording and order (three sections:
+// perplexity, KL divergence, token probability), one statistic per line.
+std::string format_kld_report(const KldReport& r);
 
 // Sums and per-position values. Memory: two floats per scored token (the
 // percentiles need them all), as in llama.cpp.

@@ -71,6 +71,7 @@ PplResult evaluate_perplexity(std::span<const int32_t> tokens, int64_t n_vocab, 
     const auto targets = tokens.subspan(size_t(pw.start + pw.first_row + 1), size_t(n_rows));
     accumulate_nll(logits, targets, n_vocab, acc);
     res.running_ppl.push_back(acc.ppl());
+    res.running_error.push_back(acc.ppl_error());
     if (sink) sink(ScoredWindow{int64_t(w), &pw, targets, logits, n_vocab});
   }
   res.ppl = acc.ppl();

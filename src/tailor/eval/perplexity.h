@@ -86,7 +86,8 @@ using WindowSink = std::function<void(const ScoredWindow&)>;
 struct PplResult {
   double ppl = 0, ppl_error = 0, mean_nll = 0;
   int64_t n_scored = 0;
-  std::vector<double> running_ppl;  // after each window, as llama.cpp prints "[i]x"
+  std::vector<double> running_ppl;    // after each window, as llama.cpp prints "[i]x"
+  std::vector<double> running_error;  // its +/- after each window (0 until two tokens)
 };
 
 // Evaluates windows one at a time: memory holds one window's scored logits.
