@@ -117,6 +117,9 @@ TEST(Perplexity, WindowPlans) {
   EXPECT_EQ(plan_windows(1100, o)[0].n_scored(), 127);
   o.n_ctx = 256;
   expect_error([&] { plan_windows(511, o); }, "perplexity", "need at least 512");
+  PplOptions two;
+  two.n_ctx = 2;
+  expect_error([&] { plan_windows(100, two); }, "perplexity", "scores no token");
   o.max_windows = 2;
   EXPECT_EQ(plan_windows(1100, o).size(), 2u);
 

@@ -245,7 +245,7 @@ Imatrix Imatrix::load(const std::string& path, int64_t legacy_chunk_size) {
       fail("{}: {}: in_sum2 and counts must be F32", path, name);
     const int64_t n_experts = counts->numel();
     const int64_t n_cols = sums->ne.empty() ? 0 : sums->ne[0];
-    if (n_experts < 1 || counts->ne[0] != 1 || n_cols < 1 || sums->numel() != n_cols * n_experts)
+    if (n_experts < 1 || counts->ne.empty() || counts->ne[0] != 1 || n_cols < 1 || sums->numel() != n_cols * n_experts)
       fail("{}: {}: in_sum2 shape does not match {} counts", path, name, n_experts);
     ImatrixEntry& e = im.entry(name, n_experts, n_cols);
     for (int64_t i = 0; i < n_experts; ++i) {

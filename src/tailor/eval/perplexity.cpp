@@ -13,6 +13,7 @@ std::vector<PplWindow> plan_windows(int64_t n_tokens, const PplOptions& opt) {
   if (n_tokens < 0) fail("perplexity: negative token count");
   std::vector<PplWindow> out;
   if (opt.method == PplMethod::LlamaCpp) {
+    if (opt.n_ctx < 3) fail("perplexity: context {} scores no token with second-half scoring", opt.n_ctx);
     if (n_tokens < 2 * opt.n_ctx)
       fail("perplexity: {} tokens, need at least {} for a context of {}", n_tokens, 2 * opt.n_ctx,
            opt.n_ctx);
