@@ -650,10 +650,13 @@ TEST(Kld, StreamingBaseThenQuantized) {
   });
   w.commit();
   LogitStore s = LogitStore::open(path.string());
-  KldAccumulator acc;
+  KldAccumulator acc, acc_rows;
   double exact_sum = 0;
   const PplResult rq = evaluate_perplexity(tokens, V, o, quant.fn(), [&](const ScoredWindow& sw) {
     ASSERT_EQ(s.window_start(sw.index), sw.window->start);
+    std::vector<RefRow> refs;
+    for (size_t r = 0; r < sw.targets.size(); ++r) refs.push_back(s.row(sw.index, int64_t(r)));
+    acc_rows.add_rows(sw.logits, refs);  // top-k rows are views into the file: safe to keep
     for (size_t r = 0; r < sw.targets.size(); ++r) {
       const RefRow row = s.row(sw.index, int64_t(r));
       ASSERT_EQ(row.target, sw.targets[r]);
@@ -664,6 +667,10 @@ TEST(Kld, StreamingBaseThenQuantized) {
     }
   });
   const KldReport k = acc.report();
+  const KldReport kr = acc_rows.report();
+  EXPECT_EQ(kr.kld.value, k.kld.value);  // parallel rows, same order of summation
+  EXPECT_EQ(kr.kld_p99, k.kld_p99);
+  EXPECT_EQ(kr.ppl.value, k.ppl.value);
   EXPECT_EQ(k.count, rb.n_scored);
   EXPECT_NEAR(k.ppl_base.value, rb.ppl, 1e-5 * rb.ppl);
   EXPECT_NEAR(k.ppl.value, rq.ppl, 1e-9 * rq.ppl);

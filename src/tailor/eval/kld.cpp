@@ -8,6 +8,7 @@
 
 #include "tailor/eval/softmax.h"
 #include "tailor/util/error.h"
+#include "tailor/util/parallel.h"
 
 namespace tailor::eval {
 
@@ -112,6 +113,17 @@ void KldAccumulator::add(const KldPoint& p) {
   ++count_;
   kld_values_.push_back(float(p.kld));
   p_diff_values_.push_back(float(p.p_diff));
+}
+
+void KldAccumulator::add_rows(std::span<const float> logits, std::span<const RefRow> refs) {
+  if (refs.empty()) return;
+  if (logits.size() % refs.size() != 0) fail("kl-divergence: {} logits for {} rows", logits.size(), refs.size());
+  const size_t n_vocab = logits.size() / refs.size();
+  std::vector<KldPoint> pts(refs.size());
+  parallel_for(int64_t(refs.size()), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) pts[size_t(r)] = kld_point(logits.subspan(size_t(r) * n_vocab, n_vocab), refs[size_t(r)]);
+  });
+  for (const KldPoint& p : pts) add(p);
 }
 
 void KldAccumulator::merge(const KldAccumulator& o) {

@@ -77,6 +77,9 @@ class KldAccumulator {
  public:
   void add(const KldPoint& p);
   void add(std::span<const float> logits, const RefRow& ref) { add(kld_point(logits, ref)); }
+  // A window of rows (logits: refs.size() * n_vocab) computed in parallel and
+  // added in order, so results do not depend on the thread count.
+  void add_rows(std::span<const float> logits, std::span<const RefRow> refs);
   void merge(const KldAccumulator& o);
   int64_t count() const { return count_; }
   // Throws Error when nothing was added.

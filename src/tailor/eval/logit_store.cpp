@@ -8,6 +8,7 @@
 
 #include "tailor/eval/softmax.h"
 #include "tailor/util/error.h"
+#include "tailor/util/parallel.h"
 
 namespace tailor::eval {
 
@@ -68,7 +69,35 @@ TopKLogitsWriter::TopKLogitsWriter(std::string path, int64_t n_vocab, int64_t n_
   put<uint32_t>(h, uint32_t(first_row));
   put<uint32_t>(h, uint32_t(opt_.min_k));
   out_.write(h.data(), h.size());
-  order_.resize(size_t(n_vocab));
+}
+
+void TopKLogitsWriter::encode_row(std::span<const float> row, int32_t target, std::vector<int32_t>& order,
+                                  std::vector<uint8_t>& out) const {
+  const RowSoftmax sm = row_softmax(row);
+  const auto max_k = ptrdiff_t(opt_.max_k);
+  auto more_likely = [&](int32_t a, int32_t b) {
+    return row[size_t(a)] > row[size_t(b)] || (row[size_t(a)] == row[size_t(b)] && a < b);
+  };
+  std::iota(order.begin(), order.end(), 0);
+  std::nth_element(order.begin(), order.begin() + max_k - 1, order.end(), more_likely);
+  std::sort(order.begin(), order.begin() + max_k, more_likely);
+  size_t n = 0;
+  double mass = 0;
+  while (n < size_t(max_k) && (n < size_t(opt_.min_k) || mass < opt_.coverage))
+    mass += std::exp(sm.logprob(row[size_t(order[n++])]));
+  // The tail is summed directly over the tokens left out, not as 1 - kept
+  // mass, so a tiny tail keeps its relative precision.
+  double tail = 0;
+  for (size_t i = n; i < order.size(); ++i) tail += std::exp(double(row[size_t(order[i])]) - sm.max_logit);
+  const float tail_lp = tail > 0 ? float(std::log(tail) - sm.log_sum_exp) : -std::numeric_limits<float>::infinity();
+  out.clear();
+  out.reserve(16 + 8 * n);
+  put<int32_t>(out, target);
+  put<float>(out, float(sm.logprob(row[size_t(target)])));
+  put<float>(out, tail_lp);
+  put<uint32_t>(out, uint32_t(n));
+  for (size_t i = 0; i < n; ++i) put<int32_t>(out, order[i]);
+  for (size_t i = 0; i < n; ++i) put<float>(out, float(sm.logprob(row[size_t(order[i])])));
 }
 
 void TopKLogitsWriter::add_window(int64_t start, std::span<const int32_t> targets, std::span<const float> logits) {
@@ -79,34 +108,16 @@ void TopKLogitsWriter::add_window(int64_t start, std::span<const int32_t> target
   put<uint32_t>(record_, uint32_t(targets.size()));
   put<uint64_t>(record_, uint64_t(start));
   out_.write(record_.data(), record_.size());
-  const auto max_k = ptrdiff_t(opt_.max_k);
-  for (size_t r = 0; r < targets.size(); ++r) {
-    const auto row = logits.subspan(r * size_t(n_vocab_), size_t(n_vocab_));
-    const RowSoftmax sm = row_softmax(row);
-    auto more_likely = [&](int32_t a, int32_t b) {
-      return row[size_t(a)] > row[size_t(b)] || (row[size_t(a)] == row[size_t(b)] && a < b);
-    };
-    std::iota(order_.begin(), order_.end(), 0);
-    std::nth_element(order_.begin(), order_.begin() + max_k - 1, order_.end(), more_likely);
-    std::sort(order_.begin(), order_.begin() + max_k, more_likely);
-    size_t n = 0;
-    double mass = 0;
-    while (n < size_t(max_k) && (n < size_t(opt_.min_k) || mass < opt_.coverage))
-      mass += std::exp(sm.logprob(row[size_t(order_[n++])]));
-    // The tail is summed directly over the tokens left out, not as 1 - kept
-    // mass, so a tiny tail keeps its relative precision.
-    double tail = 0;
-    for (size_t i = n; i < order_.size(); ++i) tail += std::exp(double(row[size_t(order_[i])]) - sm.max_logit);
-    const float tail_lp = tail > 0 ? float(std::log(tail) - sm.log_sum_exp) : -std::numeric_limits<float>::infinity();
-    record_.clear();
-    put<int32_t>(record_, targets[r]);
-    put<float>(record_, float(sm.logprob(row[size_t(targets[r])])));
-    put<float>(record_, tail_lp);
-    put<uint32_t>(record_, uint32_t(n));
-    for (size_t i = 0; i < n; ++i) put<int32_t>(record_, order_[i]);
-    for (size_t i = 0; i < n; ++i) put<float>(record_, float(sm.logprob(row[size_t(order_[i])])));
-    out_.write(record_.data(), record_.size());
-  }
+  // Rows are encoded in parallel (each thread with its own index buffer) and
+  // written in order.
+  std::vector<std::vector<uint8_t>> records(targets.size());
+  parallel_for(int64_t(targets.size()), [&](int64_t b, int64_t e) {
+    std::vector<int32_t> order(static_cast<size_t>(n_vocab_));
+    for (int64_t r = b; r < e; ++r)
+      encode_row(logits.subspan(size_t(r) * size_t(n_vocab_), size_t(n_vocab_)), targets[size_t(r)], order,
+                 records[size_t(r)]);
+  });
+  for (const auto& rec : records) out_.write(rec.data(), rec.size());
   ++n_windows_;
   n_rows_ += targets.size();
 }

@@ -68,11 +68,12 @@ class TopKLogitsWriter {
   void commit();  // writes the trailer and renames into place
 
  private:
+  void encode_row(std::span<const float> row, int32_t target, std::vector<int32_t>& order,
+                  std::vector<uint8_t>& out) const;
   AtomicFile out_;
   int64_t n_vocab_;
   TopKOptions opt_;
   uint64_t n_windows_ = 0, n_rows_ = 0;
-  std::vector<int32_t> order_;
   std::vector<uint8_t> record_;
 };
 

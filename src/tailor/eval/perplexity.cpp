@@ -5,6 +5,7 @@
 
 #include "tailor/eval/softmax.h"
 #include "tailor/util/error.h"
+#include "tailor/util/parallel.h"
 
 namespace tailor::eval {
 
@@ -43,12 +44,17 @@ void accumulate_nll(std::span<const float> logits, std::span<const int32_t> targ
                     NllAccumulator& acc) {
   if (n_vocab < 1 || logits.size() != targets.size() * size_t(n_vocab))
     fail("perplexity: {} logits for {} targets of vocabulary {}", logits.size(), targets.size(), n_vocab);
-  for (size_t r = 0; r < targets.size(); ++r) {
-    const auto row = logits.subspan(r * size_t(n_vocab), size_t(n_vocab));
-    const int32_t t = targets[r];
+  for (const int32_t t : targets)
     if (t < 0 || t >= n_vocab) fail("perplexity: token id {} outside vocabulary {}", t, n_vocab);
-    acc.add(-row_softmax(row).logprob(row[size_t(t)]));
-  }
+  // Rows in parallel, sums in row order: the result does not depend on the thread count.
+  std::vector<double> nll(targets.size());
+  parallel_for(int64_t(targets.size()), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const auto row = logits.subspan(size_t(r) * size_t(n_vocab), size_t(n_vocab));
+      nll[size_t(r)] = -row_softmax(row).logprob(row[size_t(targets[size_t(r)])]);
+    }
+  });
+  for (const double v : nll) acc.add(v);
 }
 
 PplResult evaluate_perplexity(std::span<const int32_t> tokens, int64_t n_vocab, const PplOptions& opt,
