@@ -5,6 +5,7 @@
 #include <map>
 
 #include <nlohmann/json.hpp>
+#include <sentencepiece_processor.h>
 
 #include "tailor/tokenizer/tokenizer.h"
 #include "tailor/util/error.h"
@@ -177,6 +178,18 @@ TEST(TokenizerReference, SentencePieceFromGgufArrays) {
   }
 }
 
+TEST(TokenizerReference, SentencePieceWholeTextPathAgrees) {
+  // A piece that glues a character to a following space mark turns off the
+  // word-at-a-time shortcut; on text without that piece the ids must not change.
+  SpmVocab v = read_sentencepiece_vocab(kShared + "/models/llama-30m/tokenizer.model");
+  v.tokens.push_back("\x01\xE2\x96\x81\x01");
+  v.scores.push_back(-1e9f);
+  v.types.push_back(static_cast<int32_t>(TokenType::normal));
+  auto whole = make_spm_tokenizer(std::move(v), "whole");
+  const std::string text = read_bytes(kShared + "/text/eval.txt").substr(0, 100000);
+  EXPECT_EQ(whole->encode(text), llama30m().encode(text));
+}
+
 TEST(TokenizerReference, HfVocabExportMatchesLoader) {
   for (auto [dir, pre] : {std::pair{"llama3", "llama-bpe"}, std::pair{"qwen3", "qwen2"}}) {
     const std::string path = kShared + "/tokenizers/" + dir + "/tokenizer.json";
@@ -186,6 +199,27 @@ TEST(TokenizerReference, HfVocabExportMatchesLoader) {
     EXPECT_EQ(v.tokens, independent.tokens);
     EXPECT_EQ(v.types, independent.types);
     EXPECT_EQ(v.merges, independent.merges);
+  }
+}
+
+// The sentencepiece library itself on the whole evaluation text (about 1 MB): the
+// strongest check of merge order, byte fallback and the word-at-a-time shortcut.
+TEST(TokenizerReference, SentencePieceLibraryAgreesOnEvalText) {
+  const std::string text = read_bytes(kShared + "/text/eval.txt");
+  for (const Tokenizer* tok : {&llama2(), &llama30m()}) {
+    sentencepiece::SentencePieceProcessor sp;
+    const std::string model = tok == &llama2() ? kShared + "/tokenizers/llama2-spm/tokenizer.model"
+                                               : kShared + "/models/llama-30m/tokenizer.model";
+    ASSERT_TRUE(sp.Load(model).ok());
+    std::vector<int> want;
+    ASSERT_TRUE(sp.Encode(text, &want).ok());
+    const auto got = tok->encode(text, false);
+    ASSERT_EQ(got.size(), want.size()) << model;
+    size_t mismatches = 0;
+    for (size_t i = 0; i < got.size(); ++i) mismatches += got[i] != want[i];
+    EXPECT_EQ(mismatches, 0u) << model;
+    std::cout << "[ref] " << model << ": eval.txt " << got.size() << " ids, " << mismatches
+              << " differ from libsentencepiece\n";
   }
 }
 

@@ -2,7 +2,6 @@
 // pre-tokenizer regexes, each word's bytes are spelled with GPT-2's byte-to-unicode
 // alphabet, and the pair of lowest merge rank is merged until none is left.
 #include <array>
-#include <mutex>
 #include <queue>
 #include <unordered_map>
 
@@ -183,14 +182,7 @@ class BpeTokenizer final : public Tokenizer {
       out.push_back(byte_ids_[static_cast<unsigned char>(word[0])]);
       return;
     }
-    const bool cacheable = word.size() <= kMaxCachedWord;
-    if (cacheable) {
-      std::lock_guard lock(cache_mutex_);
-      if (auto it = cache_.find(word); it != cache_.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        return;
-      }
-    }
+    if (cache_.lookup(word, out)) return;
     const size_t first = out.size();
     if (ignore_merges_) {
       // Llama 3: a word that is itself a token is taken whole, whatever the merges say.
@@ -199,11 +191,7 @@ class BpeTokenizer final : public Tokenizer {
       if (auto it = words_.find(spelled); it != words_.end()) out.push_back(it->second);
     }
     if (out.size() == first) merge_word(word, out);
-    if (cacheable) {
-      std::lock_guard lock(cache_mutex_);
-      if (cache_.size() >= kMaxCacheEntries) cache_.clear();
-      cache_.emplace(std::string(word), std::vector<int32_t>(out.begin() + first, out.end()));
-    }
+    cache_.store(word, std::span(out).subspan(first));
   }
 
   void merge_word(std::string_view word, std::vector<int32_t>& out) const {
@@ -245,22 +233,13 @@ class BpeTokenizer final : public Tokenizer {
     for (int32_t i = 0; i >= 0; i = sym[i].next) out.push_back(sym[i].id);
   }
 
-  static constexpr size_t kMaxCachedWord = 256;
-  static constexpr size_t kMaxCacheEntries = 1 << 18;
-
   bool ignore_merges_, nfc_, add_prefix_space_;
   std::array<int32_t, 256> byte_ids_{};
   std::unordered_map<uint64_t, Merge> merges_;
   std::unordered_map<std::string_view, int32_t> words_;  // only with ignore_merges
   std::vector<std::unique_ptr<pcre2_code, RegexDeleter>> regexes_;
 
-  // Words seen before; shared by all callers, hence the lock.
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  mutable std::mutex cache_mutex_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache_;
+  WordCache cache_;
 };
 
 }  // namespace

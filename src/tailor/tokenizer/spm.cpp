@@ -74,6 +74,16 @@ class SpmTokenizer final : public Tokenizer {
           }
       }
     }
+    // Words (a space mark and what follows up to the next one) can be encoded one at a
+    // time, and cached, when no piece glues a space mark to a character before it: then
+    // no merge ever crosses a word start, so the merge order inside each word is the same.
+    split_words_ = true;
+    for (const auto& [piece, id] : mergeable_) {
+      for (size_t pos = piece.find(kSpaceMark, 1); pos != std::string_view::npos;
+           pos = piece.find(kSpaceMark, pos + 1))
+        if (pos < kSpaceMark.size() || piece.substr(pos - kSpaceMark.size(), kSpaceMark.size()) != kSpaceMark)
+          split_words_ = false;
+    }
     has_byte_fallback_ = false;
     for (int32_t b : byte_ids_) has_byte_fallback_ |= b >= 0;
     strip_leading_space_ = add_space_prefix_;
@@ -119,7 +129,30 @@ class SpmTokenizer final : public Tokenizer {
 
   void encode_text(std::string_view text, bool at_start, std::vector<int32_t>& out) const override {
     const std::string norm = normalize(text, at_start);
-    if (norm.empty()) return;
+    if (!split_words_) {
+      if (!norm.empty()) encode_word(norm, out);
+      return;
+    }
+    // Cut before every space mark that follows something other than a space mark.
+    const std::string_view all(norm);
+    size_t start = 0;
+    for (size_t pos = all.find(kSpaceMark, 1); pos != std::string_view::npos; pos = all.find(kSpaceMark, pos + 1)) {
+      if (pos >= kSpaceMark.size() && all.substr(pos - kSpaceMark.size(), kSpaceMark.size()) == kSpaceMark)
+        continue;  // inside a run of spaces
+      if (pos > start) encode_word(all.substr(start, pos - start), out);
+      start = pos;
+    }
+    if (start < all.size()) encode_word(all.substr(start), out);
+  }
+
+  void encode_word(std::string_view norm, std::vector<int32_t>& out) const {
+    if (cache_.lookup(norm, out)) return;
+    const size_t first = out.size();
+    merge_word(norm, out);
+    cache_.store(norm, std::span(out).subspan(first));
+  }
+
+  void merge_word(std::string_view norm, std::vector<int32_t>& out) const {
     std::vector<Symbol> sym;
     sym.reserve(norm.size());
     for (uint32_t pos = 0; pos < norm.size();) {
@@ -135,7 +168,7 @@ class SpmTokenizer final : public Tokenizer {
     auto consider = [&](int32_t l, int32_t r) {
       if (l < 0 || r < 0) return;
       const uint32_t len = sym[l].len + sym[r].len;
-      auto it = mergeable_.find(std::string_view(norm).substr(sym[l].begin, len));
+      auto it = mergeable_.find(norm.substr(sym[l].begin, len));
       if (it != mergeable_.end()) queue.push({scores_[it->second], l, r, len});
     };
     for (int32_t i = 0; i + 1 < static_cast<int32_t>(sym.size()); ++i) consider(i, i + 1);
@@ -148,7 +181,7 @@ class SpmTokenizer final : public Tokenizer {
       Symbol& r = sym[c.right];
       // Stale: one side was merged away or grew since this pair was queued.
       if (l.len == 0 || r.len == 0 || l.len + r.len != c.len) continue;
-      const std::string_view whole = std::string_view(norm).substr(l.begin, c.len);
+      const std::string_view whole = norm.substr(l.begin, c.len);
       if (types_[mergeable_.at(whole)] == TokenType::unused)
         splits.emplace(whole, std::pair{whole.substr(0, l.len), whole.substr(l.len)});
       l.len = c.len;
@@ -159,7 +192,7 @@ class SpmTokenizer final : public Tokenizer {
       consider(c.left, l.next);
     }
     for (int32_t i = 0; i >= 0; i = sym[i].next)
-      emit(std::string_view(norm).substr(sym[i].begin, sym[i].len), splits, out);
+      emit(norm.substr(sym[i].begin, sym[i].len), splits, out);
   }
 
   void emit(std::string_view piece, const Splits& splits, std::vector<int32_t>& out) const {
@@ -189,6 +222,8 @@ class SpmTokenizer final : public Tokenizer {
   std::unordered_map<std::string_view, int32_t> mergeable_;
   std::array<int32_t, 256> byte_ids_{};
   bool has_byte_fallback_ = false;
+  bool split_words_ = false;
+  tokdetail::WordCache cache_;
   bool add_space_prefix_;
   bool remove_extra_ws_;
 };

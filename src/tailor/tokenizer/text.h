@@ -4,8 +4,11 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "tailor/tokenizer/tokenizer.h"
@@ -61,6 +64,25 @@ class SpecialSplitter {
   std::vector<Entry> entries_;
   // Entries by first byte, longest first, so each position tries few candidates.
   std::array<std::vector<uint32_t>, 256> by_first_{};
+};
+
+// Ids of words seen before. Text repeats words constantly, so this skips most merge
+// work; shared by all callers of a const tokenizer, hence the lock. Bounded: it is
+// emptied when full.
+class WordCache {
+ public:
+  bool lookup(std::string_view word, std::vector<int32_t>& out) const;
+  void store(std::string_view word, std::span<const int32_t> ids) const;
+  static constexpr size_t kMaxWordBytes = 256;
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  static constexpr size_t kMaxEntries = 1 << 18;
+  mutable std::mutex mutex_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, Hash, std::equal_to<>> map_;
 };
 
 }  // namespace tailor::tokdetail

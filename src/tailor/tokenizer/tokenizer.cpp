@@ -105,6 +105,22 @@ std::vector<Fragment> SpecialSplitter::split(std::string_view text, bool parse_s
   return out;
 }
 
+bool WordCache::lookup(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.size() > kMaxWordBytes) return false;
+  std::lock_guard lock(mutex_);
+  auto it = map_.find(word);
+  if (it == map_.end()) return false;
+  out.insert(out.end(), it->second.begin(), it->second.end());
+  return true;
+}
+
+void WordCache::store(std::string_view word, std::span<const int32_t> ids) const {
+  if (word.size() > kMaxWordBytes) return;
+  std::lock_guard lock(mutex_);
+  if (map_.size() >= kMaxEntries) map_.clear();
+  map_.emplace(std::string(word), std::vector<int32_t>(ids.begin(), ids.end()));
+}
+
 }  // namespace tokdetail
 
 Tokenizer::Tokenizer(std::string name, std::vector<std::string> tokens,
