@@ -351,6 +351,27 @@ TEST(TokenizerHostile, TinyTokenizerJsonWorks) {
   EXPECT_EQ(tok->decode(ids), "hello<|end|>");
 }
 
+TEST(TokenizerHostile, AddedTokensLongestMatchAndStrip) {
+  json j = tiny_tokenizer_json();
+  auto add = [&](int id, const char* text, bool special, bool lstrip, bool rstrip) {
+    j["added_tokens"].push_back(
+        {{"id", id}, {"content", text}, {"special", special}, {"lstrip", lstrip}, {"rstrip", rstrip}});
+  };
+  add(259, "ab", false, false, false);
+  add(260, "abc", false, false, true);
+  add(261, "<x>", true, true, false);
+  TempDir dir;
+  auto tok = load_hf_tokenizer(dir.write("tokenizer.json", j.dump()));
+  const int32_t d = tok->find_token("d"), sp = tok->find_token("\xC4\xA0");  // "Ġ"
+  ASSERT_GE(d, 0);
+  ASSERT_GE(sp, 0);
+  EXPECT_EQ(tok->encode("abcd", false), (std::vector<int32_t>{260, d}));
+  EXPECT_EQ(tok->encode("abd", false), (std::vector<int32_t>{259, d}));
+  EXPECT_EQ(tok->encode("abc   d", false), (std::vector<int32_t>{260, d}));  // rstrip
+  EXPECT_EQ(tok->encode("d <x>", false, true), (std::vector<int32_t>{d, 261}));  // lstrip
+  EXPECT_EQ(tok->encode("d <x>", false, false).size(), 5u);  // d Ġ < x >
+}
+
 TEST(TokenizerHostile, BrokenTokenizerJson) {
   TempDir dir;
   std::vector<std::pair<std::string, json>> bad;

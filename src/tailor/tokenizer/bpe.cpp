@@ -70,6 +70,7 @@ class BpeTokenizer final : public Tokenizer {
         add_prefix_space_(spec.add_prefix_space) {
     // Ordinary vocabulary: what merges may produce and words may map to.
     std::unordered_map<std::string_view, int32_t> words;
+    words.reserve(tokens_.size());
     pieces_.resize(tokens_.size());
     for (int32_t id = 0; id < vocab_size(); ++id) {
       const TokenType t = types_[id];

@@ -127,7 +127,19 @@ void read_normalizer(const JsonFile& f, const json& node, const std::string& whe
 }
 
 // A token named in tokenizer_config.json: a string or {"content": ...}.
-int32_t config_token(const json& cfg, const char* key, const std::unordered_map<std::string, int32_t>& ids) {
+// Id of a token named by its text: added tokens first (they override the vocabulary),
+// then the vocabulary. Only a handful of names are looked up, so a scan is enough.
+int32_t token_named(const BpeSpec& spec, std::string_view text) {
+  for (int pass = 0; pass < 2; ++pass)
+    for (size_t id = 0; id < spec.tokens.size(); ++id) {
+      const bool added = spec.types[id] == static_cast<int32_t>(TokenType::control) ||
+                         spec.types[id] == static_cast<int32_t>(TokenType::user_defined);
+      if (added == (pass == 0) && spec.tokens[id] == text) return static_cast<int32_t>(id);
+    }
+  return -1;
+}
+
+int32_t config_token(const json& cfg, const char* key, const BpeSpec& spec) {
   auto it = cfg.find(key);
   if (it == cfg.end()) return -2;  // not mentioned
   std::string text;
@@ -135,11 +147,10 @@ int32_t config_token(const json& cfg, const char* key, const std::unordered_map<
   else if (it->is_object() && it->contains("content") && (*it)["content"].is_string())
     text = (*it)["content"].get<std::string>();
   else return -1;
-  auto found = ids.find(text);
-  return found == ids.end() ? -1 : found->second;
+  return token_named(spec, text);
 }
 
-void read_specials(const JsonFile& f, const std::unordered_map<std::string, int32_t>& ids, BpeSpec& spec) {
+void read_specials(const JsonFile& f, BpeSpec& spec) {
   // post_processor TemplateProcessing: a special token before/after $A means BOS/EOS.
   const json& root = f.root();
   const json* post = f.find(root, "post_processor", json::value_t::object, "tokenizer");
@@ -150,8 +161,7 @@ void read_specials(const JsonFile& f, const std::unordered_map<std::string, int3
         if (!item.is_object() || !item.contains("SpecialToken")) return -1;
         const json& st = item["SpecialToken"];
         if (!st.is_object() || !st.contains("id") || !st["id"].is_string()) return -1;
-        auto it = ids.find(st["id"].get<std::string>());
-        return it == ids.end() ? -1 : it->second;
+        return token_named(spec, st["id"].get<std::string>());
       };
       if (int32_t b = special_of(single->front()); b >= 0) spec.special.bos = b, spec.special.add_bos = true;
       if (single->size() > 1)
@@ -169,7 +179,7 @@ void read_specials(const JsonFile& f, const std::unordered_map<std::string, int3
                                                    {"unk_token", &spec.special.unk},
                                                    {"pad_token", &spec.special.pad}};
   for (auto [key, slot] : keys)
-    if (int32_t id = config_token(cfg, key, ids); id != -2) *slot = id;
+    if (int32_t id = config_token(cfg, key, spec); id != -2) *slot = id;
   spec.special.add_bos = cfg_file.flag(cfg, "add_bos_token", spec.special.add_bos, "tokenizer_config");
   spec.special.add_eos = cfg_file.flag(cfg, "add_eos_token", spec.special.add_eos, "tokenizer_config");
 }
@@ -235,14 +245,11 @@ BpeSpec read_hf_spec(const std::string& path) {
     spec.types[id] = static_cast<int32_t>(TokenType::normal);
   }
   spec.strip.assign(n, {false, false});
-  std::unordered_map<std::string, int32_t> ids;  // for resolving special token names
   for (auto& a : extra) {
     spec.tokens[a.id] = a.text;
     spec.types[a.id] = static_cast<int32_t>(a.special ? TokenType::control : TokenType::user_defined);
     spec.strip[a.id] = {a.lstrip, a.rstrip};
-    ids.emplace(a.text, a.id);
   }
-  for (size_t id = 0; id < n; ++id) ids.emplace(spec.tokens[id], static_cast<int32_t>(id));
 
   const json& merges = f.get(model, "merges", json::value_t::array, "model");
   spec.merges.reserve(merges.size());
@@ -256,7 +263,7 @@ BpeSpec read_hf_spec(const std::string& path) {
       fail("{}: model.merges[{}] is neither \"a b\" nor [\"a\", \"b\"]", path, i);
     }
   }
-  read_specials(f, ids, spec);
+  read_specials(f, spec);
   return spec;
 }
 

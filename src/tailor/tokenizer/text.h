@@ -1,7 +1,6 @@
 // Internal helpers shared by the tokenizers: UTF-8 checks and the splitting of
 // special tokens out of text before any model sees it.
 #pragma once
-#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -51,19 +50,26 @@ class SpecialSplitter {
  public:
   // always: match even without parse_special (user-defined tokens). lstrip/rstrip:
   // the token swallows the whitespace on that side, as HF added tokens may ask.
+  // A later token with the same text replaces the earlier one.
   void add(std::string_view text, int32_t id, bool always, bool lstrip, bool rstrip);
   bool empty() const { return entries_.empty(); }
   std::vector<Fragment> split(std::string_view text, bool parse_special) const;
 
  private:
   struct Entry {
-    std::string text;
+    uint32_t len;
     int32_t id;
     bool always, lstrip, rstrip;
   };
+  // A byte trie, so finding the longest token at a position costs at most its length
+  // even with thousands of tokens sharing a first byte ("<unused123>").
+  struct Node {
+    std::vector<std::pair<uint8_t, uint32_t>> children;  // sorted by byte
+    int32_t entry = -1;
+  };
+  const Node* child(const Node& n, uint8_t b) const;
   std::vector<Entry> entries_;
-  // Entries by first byte, longest first, so each position tries few candidates.
-  std::array<std::vector<uint32_t>, 256> by_first_{};
+  std::vector<Node> nodes_{1};
 };
 
 // Ids of words seen before. Text repeats words constantly, so this skips most merge

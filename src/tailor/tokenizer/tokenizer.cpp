@@ -66,26 +66,38 @@ bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' |
 void SpecialSplitter::add(std::string_view text, int32_t id, bool always, bool lstrip,
                           bool rstrip) {
   if (text.empty()) return;  // an empty token would match everywhere
-  const auto first = static_cast<unsigned char>(text[0]);
-  entries_.push_back({std::string(text), id, always, lstrip, rstrip});
-  auto& bucket = by_first_[first];
-  bucket.push_back(static_cast<uint32_t>(entries_.size() - 1));
-  std::stable_sort(bucket.begin(), bucket.end(), [&](uint32_t a, uint32_t b) {
-    return entries_[a].text.size() > entries_[b].text.size();
-  });
+  uint32_t at = 0;
+  for (char c : text) {
+    const auto b = static_cast<uint8_t>(c);
+    auto& kids = nodes_[at].children;
+    auto it = std::lower_bound(kids.begin(), kids.end(), std::pair<uint8_t, uint32_t>{b, 0});
+    if (it != kids.end() && it->first == b) {
+      at = it->second;
+    } else {
+      const auto fresh = static_cast<uint32_t>(nodes_.size());
+      kids.insert(it, {b, fresh});
+      nodes_.emplace_back();  // may move `kids`; not used after this
+      at = fresh;
+    }
+  }
+  nodes_[at].entry = static_cast<int32_t>(entries_.size());
+  entries_.push_back({static_cast<uint32_t>(text.size()), id, always, lstrip, rstrip});
+}
+
+const SpecialSplitter::Node* SpecialSplitter::child(const Node& n, uint8_t b) const {
+  auto it = std::lower_bound(n.children.begin(), n.children.end(), std::pair<uint8_t, uint32_t>{b, 0});
+  return it != n.children.end() && it->first == b ? &nodes_[it->second] : nullptr;
 }
 
 std::vector<Fragment> SpecialSplitter::split(std::string_view text, bool parse_special) const {
   std::vector<Fragment> out;
   size_t start = 0, i = 0;
   while (i < text.size()) {
+    // Longest token that starts at i and may be used.
     const Entry* hit = nullptr;
-    for (uint32_t k : by_first_[static_cast<unsigned char>(text[i])]) {
-      const Entry& e = entries_[k];
-      if ((e.always || parse_special) && text.substr(i).starts_with(e.text)) {
-        hit = &e;
-        break;
-      }
+    const Node* n = &nodes_[0];
+    for (size_t k = i; k < text.size() && (n = child(*n, static_cast<uint8_t>(text[k]))); ++k) {
+      if (n->entry >= 0 && (entries_[n->entry].always || parse_special)) hit = &entries_[n->entry];
     }
     if (!hit) {
       ++i;
@@ -95,8 +107,8 @@ std::vector<Fragment> SpecialSplitter::split(std::string_view text, bool parse_s
     if (hit->lstrip)
       while (end > start && is_space(text[end - 1])) --end;
     if (end > start) out.push_back({text.substr(start, end - start), -1});
-    out.push_back({text.substr(i, hit->text.size()), hit->id});
-    i += hit->text.size();
+    out.push_back({text.substr(i, hit->len), hit->id});
+    i += hit->len;
     if (hit->rstrip)
       while (i < text.size() && is_space(text[i])) ++i;
     start = i;
