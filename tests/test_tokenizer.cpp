@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 
 #include <nlohmann/json.hpp>
 #include <sentencepiece_processor.h>
@@ -318,6 +319,50 @@ TEST(TokenizerHostile, TruncatedOrCorruptSentencePiece) {
   const std::string json_text = read_bytes(kShared + "/tokenizers/qwen3/tokenizer_config.json");
   expect_error([&] { load_sentencepiece(dir.write("json.model", json_text)); }, "json.model");
   expect_error([&] { load_sentencepiece("/nonexistent/missing.model"); }, "missing.model");
+}
+
+// Deterministic mini-fuzz: damaged models either load or throw Error, and whatever
+// loads still encodes and decodes without crashing.
+TEST(TokenizerHostile, MutatedSentencePieceModels) {
+  TempDir dir;
+  const std::string good = read_bytes(kShared + "/models/llama-30m/tokenizer.model");
+  std::mt19937 rng(1234);
+  int loaded = 0, refused = 0;
+  for (int round = 0; round < 300; ++round) {
+    std::string bytes = good;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < flips; ++k) bytes[rng() % bytes.size()] = static_cast<char>(rng());
+    const std::string p = dir.write("m.model", bytes);
+    try {
+      auto tok = load_sentencepiece(p);
+      const auto ids = tok->encode("Hello world, 123 \xF0\x9F\x98\x80!", true, true);
+      (void)tok->decode(ids);
+      ++loaded;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+      ++refused;
+    }
+  }
+  EXPECT_EQ(loaded + refused, 300);
+  std::cout << "[fuzz] mutated tokenizer.model: " << loaded << " loaded, " << refused << " refused\n";
+}
+
+TEST(TokenizerHostile, RandomBytesAsText) {
+  std::mt19937 rng(99);
+  int valid = 0;
+  for (int round = 0; round < 3000; ++round) {
+    std::string text(rng() % 24, '\0');
+    for (char& c : text) c = static_cast<char>(rng() % 4 == 0 ? rng() : 0x20 + rng() % 0x60);
+    for (const Tokenizer* tok : {&llama3(), &qwen3(), &llama30m()}) {
+      try {
+        const auto ids = tok->encode(text, false, true);
+        EXPECT_EQ(tok->decode(ids), text) << tok->name();
+        if (tok == &llama3()) ++valid;
+      } catch (const Error&) {
+      }
+    }
+  }
+  EXPECT_GT(valid, 100);
 }
 
 namespace {
