@@ -319,6 +319,8 @@ TEST(TokenizerHostile, TruncatedOrCorruptSentencePiece) {
   const std::string json_text = read_bytes(kShared + "/tokenizers/qwen3/tokenizer_config.json");
   expect_error([&] { load_sentencepiece(dir.write("json.model", json_text)); }, "json.model");
   expect_error([&] { load_sentencepiece("/nonexistent/missing.model"); }, "missing.model");
+  expect_error([&] { load_tokenizer(dir.write("model.gguf", "GGUF")); }, "model.gguf");
+  expect_error([&] { load_tokenizer(kShared + "/text"); }, "/text");
 }
 
 // Deterministic mini-fuzz: damaged models either load or throw Error, and whatever

@@ -250,7 +250,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
     fail("{}: no tokenizer.json or tokenizer.model in this folder", path);
   }
   if (path.ends_with(".json")) return load_hf_tokenizer(path);
-  return load_sentencepiece(path);
+  if (path.ends_with(".model")) return load_sentencepiece(path);
+  fail("{}: not a tokenizer (expected a folder, tokenizer.json or tokenizer.model)", path);
 }
 
 }  // namespace tailor

@@ -103,8 +103,10 @@ class Tokenizer {
 
 // --- SentencePiece-style BPE -----------------------------------------------------
 
-// The vocabulary of a sentencepiece BPE model (GGUF tokenizer.ggml.model = "llama":
-// tokenizer.ggml.tokens / scores / token_type).
+// The vocabulary of a sentencepiece BPE model. From a GGUF (tokenizer.ggml.model =
+// "llama"): tokens / scores / token_type; special from bos_token_id, eos_token_id,
+// unknown_token_id, padding_token_id, add_bos_token, add_eos_token; add_space_prefix
+// from tokenizer.ggml.add_space_prefix (true when absent, as llama.cpp assumes).
 struct SpmVocab {
   std::vector<std::string> tokens;
   std::vector<float> scores;
@@ -127,6 +129,8 @@ std::unique_ptr<Tokenizer> make_spm_tokenizer(SpmVocab vocab, std::string name);
 // GGUF tokenizer.ggml.model = "gpt2": tokens in byte-to-unicode form ("Ġthe"), merges as
 // "left right" strings in rank order, and tokenizer.ggml.pre naming the pre-tokenizer
 // ("llama-bpe", "qwen2", "default", ...). Control and user-defined tokens hold raw text.
+// llama.cpp turns add_bos on for "llama-bpe" when the GGUF has no add_bos_token key;
+// the caller decides that, this struct takes `special` as given.
 struct BpeVocab {
   std::vector<std::string> tokens;
   std::vector<int32_t> types;  // TokenType values; empty means all normal
@@ -144,7 +148,7 @@ BpeVocab read_hf_bpe_vocab(const std::string& path);
 // Throws Error for an unknown `pre`.
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(BpeVocab vocab, std::string name);
 
-// A model folder or file: tokenizer.json is preferred over tokenizer.model.
+// A model folder (tokenizer.json preferred over tokenizer.model) or one of those files.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 
 }  // namespace tailor
