@@ -86,7 +86,7 @@ class WordCache {
     using is_transparent = void;
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
-  static constexpr size_t kMaxEntries = 1 << 18;
+  static constexpr size_t kMaxEntries = 1 << 16;  // a few MB at most
   mutable std::mutex mutex_;
   mutable std::unordered_map<std::string, std::vector<int32_t>, Hash, std::equal_to<>> map_;
 };
