@@ -12,7 +12,5 @@ void dequantize_q5_0(const void*, float*, int64_t) { fail("dequantize_q5_0: not 
 void quantize_q5_0(const float*, void*, int64_t, const float*) { fail("quantize_q5_0: not implemented yet"); }
 void dequantize_q5_1(const void*, float*, int64_t) { fail("dequantize_q5_1: not implemented yet"); }
 void quantize_q5_1(const float*, void*, int64_t, const float*) { fail("quantize_q5_1: not implemented yet"); }
-void dequantize_q8_0(const void*, float*, int64_t) { fail("dequantize_q8_0: not implemented yet"); }
-void quantize_q8_0(const float*, void*, int64_t, const float*) { fail("quantize_q8_0: not implemented yet"); }
 
 }  // namespace tailor::quant
