@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tailor/quant/types.h"
@@ -23,17 +24,28 @@ enum class GgufType : uint32_t {
 };
 const char* gguf_type_name(GgufType t);
 
+// Limits that keep a hostile file from exhausting the stack or memory.
+inline constexpr int kGgufMaxArrayDepth = 16;             // arrays nested in arrays
+inline constexpr uint64_t kGgufMaxValues = uint64_t{1} << 24;  // array elements, whole file
+inline constexpr uint32_t kGgufMaxDims = 4;               // ggml's GGML_MAX_DIMS
+
 // One metadata value. Scalars keep their exact GGUF type so a file round-trips.
 struct GgufValue {
   GgufType type = GgufType::UINT32;
-  uint64_t u = 0;        // UINT8/16/32/64 and BOOL
+  uint64_t u = 0;        // UINT8/16/32/64 and BOOL; FLOAT32/64: raw bits as read
   int64_t i = 0;         // INT8/16/32/64
-  double f = 0;          // FLOAT32/64
+  double f = 0;          // FLOAT32/64 (the writer uses the raw bits in u while they
+                         // still encode f, so NaN payloads round-trip exactly)
   std::string s;         // STRING
   GgufType elem = GgufType::UINT8;  // ARRAY: element type
   std::vector<GgufValue> arr;       // ARRAY: elements (may themselves be arrays)
 
   static GgufValue u8(uint8_t v);
+  static GgufValue i8(int8_t v);
+  static GgufValue u16(uint16_t v);
+  static GgufValue i16(int16_t v);
+  static GgufValue i64(int64_t v);
+  static GgufValue f64(double v);
   static GgufValue u32(uint32_t v);
   static GgufValue i32(int32_t v);
   static GgufValue u64(uint64_t v);
@@ -72,6 +84,9 @@ class GgufFile {
  public:
   // Throws Error("<path>: <problem>") for any malformed or hostile file.
   static GgufFile open(const std::string& path);
+  // Parses a file image already in memory (the fuzzers use this); tensor data
+  // views point into `data`, which must outlive the result. `name` is used in errors.
+  static GgufFile parse(std::string_view name, const uint8_t* data, size_t size);
 
   uint32_t version() const { return version_; }
   const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return kv_; }
@@ -80,11 +95,13 @@ class GgufFile {
   const GgufTensorInfo* find_tensor(const std::string& name) const;
   uint32_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // absolute file offset of data section
-  const std::string& path() const { return file_ ? file_->path() : empty_; }
-  uint64_t file_size() const { return file_ ? file_->size() : 0; }
+  const std::string& path() const { return name_; }
+  uint64_t file_size() const { return size_; }
 
  private:
-  std::shared_ptr<MappedFile> file_;
+  std::shared_ptr<MappedFile> file_;  // null when parsed from a caller's buffer
+  std::string name_;
+  size_t size_ = 0;
   uint32_t version_ = 3;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::map<std::string, size_t> kv_index_;
@@ -92,12 +109,13 @@ class GgufFile {
   std::map<std::string, size_t> tensor_index_;
   uint32_t alignment_ = 32;
   uint64_t data_offset_ = 0;
-  std::string empty_;
 };
 
 // Usage: set metadata, add every tensor's info, then write each tensor's data
 // in the order added, then finish(). The header is written by the first
 // write_tensor_data() (or finish()), so memory holds one tensor at a time.
+// With explicit offsets, data is written in file order (ascending offset,
+// ties in add order): next_tensor() says which tensor comes next.
 class GgufWriter {
  public:
   explicit GgufWriter(std::string path, uint32_t version = 3);
@@ -112,6 +130,8 @@ class GgufWriter {
                   std::optional<uint64_t> offset = std::nullopt);
   // Data for the next tensor in add order; nbytes must equal its size.
   void write_tensor_data(const void* data, size_t nbytes);
+  // The tensor whose data write_tensor_data() expects next (Error when all are written).
+  const GgufTensorInfo& next_tensor() const;
   // Writes any remaining header, pads, syncs and renames into place.
   void finish();
 
@@ -119,10 +139,14 @@ class GgufWriter {
 
  private:
   void write_header();
+  void assign_offsets();
   std::string path_;
   uint32_t version_;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<GgufTensorInfo> tensors_;
+  std::map<std::string, size_t> tensor_index_;
+  std::vector<bool> fixed_offset_;   // offset given by the caller, not assigned
+  std::vector<size_t> data_order_;   // tensor indices by ascending offset
   uint32_t alignment_ = 32;
   std::unique_ptr<AtomicFile> out_;
   bool header_written_ = false;

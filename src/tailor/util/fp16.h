@@ -12,7 +12,8 @@ inline float fp16_to_fp32(uint16_t h) {
   uint32_t man = h & 0x3ffu;
   uint32_t bits;
   if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (man << 13);  // inf / nan
+    // inf / nan; ggml widens through a float multiply, which quiets a signaling NaN.
+    bits = sign | 0x7f800000u | (man << 13) | (man != 0 ? 0x400000u : 0u);
   } else if (exp != 0) {
     bits = sign | ((exp + 112u) << 23) | (man << 13);
   } else if (man == 0) {
