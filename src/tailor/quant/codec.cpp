@@ -34,9 +34,9 @@ Kernels kernels_for(GgmlType t) {
     case GgmlType::TQ2_0: return {dequantize_tq2_0, quantize_tq2_0};
     case GgmlType::IQ2_XXS: return {dequantize_iq2_xxs, nullptr};
     case GgmlType::IQ2_XS: return {dequantize_iq2_xs, nullptr};
-    case GgmlType::IQ2_S: return {dequantize_iq2_s, nullptr};
-    case GgmlType::IQ3_XXS: return {dequantize_iq3_xxs, nullptr};
-    case GgmlType::IQ3_S: return {dequantize_iq3_s, nullptr};
+    case GgmlType::IQ2_S: return {dequantize_iq2_s, quantize_iq2_s};
+    case GgmlType::IQ3_XXS: return {dequantize_iq3_xxs, quantize_iq3_xxs};
+    case GgmlType::IQ3_S: return {dequantize_iq3_s, quantize_iq3_s};
     case GgmlType::IQ1_S: return {dequantize_iq1_s, nullptr};
     case GgmlType::IQ1_M: return {dequantize_iq1_m, nullptr};
     default: return {};

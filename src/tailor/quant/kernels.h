@@ -53,7 +53,7 @@ void quantize_tq1_0(const float*, void*, int64_t, const float*);
 void dequantize_tq2_0(const void*, float*, int64_t);
 void quantize_tq2_0(const float*, void*, int64_t, const float*);
 
-// iq_dequant.cpp: lattice/grid i-quants (dequantize only for now)
+// iq_dequant.cpp / iq_quantize.cpp: lattice/grid i-quants
 void dequantize_iq2_xxs(const void*, float*, int64_t);
 void dequantize_iq2_xs(const void*, float*, int64_t);
 void dequantize_iq2_s(const void*, float*, int64_t);
@@ -61,5 +61,8 @@ void dequantize_iq3_xxs(const void*, float*, int64_t);
 void dequantize_iq3_s(const void*, float*, int64_t);
 void dequantize_iq1_s(const void*, float*, int64_t);
 void dequantize_iq1_m(const void*, float*, int64_t);
+void quantize_iq3_xxs(const float*, void*, int64_t, const float*);
+void quantize_iq3_s(const float*, void*, int64_t, const float*);
+void quantize_iq2_s(const float*, void*, int64_t, const float*);
 
 }  // namespace tailor::quant

@@ -31,9 +31,9 @@ constexpr std::array kTypes = {
     TypeInfo{T::TQ2_0, "TQ2_0", 256, 66, true, true, false, false},
     TypeInfo{T::IQ2_XXS, "IQ2_XXS", 256, 66, false, true, true, true},
     TypeInfo{T::IQ2_XS, "IQ2_XS", 256, 74, false, true, true, true},
-    TypeInfo{T::IQ2_S, "IQ2_S", 256, 82, false, true, true, false},
-    TypeInfo{T::IQ3_XXS, "IQ3_XXS", 256, 98, false, true, true, false},
-    TypeInfo{T::IQ3_S, "IQ3_S", 256, 110, false, true, true, false},
+    TypeInfo{T::IQ2_S, "IQ2_S", 256, 82, true, true, true, false},
+    TypeInfo{T::IQ3_XXS, "IQ3_XXS", 256, 98, true, true, true, false},
+    TypeInfo{T::IQ3_S, "IQ3_S", 256, 110, true, true, true, false},
     TypeInfo{T::IQ1_S, "IQ1_S", 256, 50, false, true, true, true},
     TypeInfo{T::IQ1_M, "IQ1_M", 256, 56, false, true, true, false},
     // Types Tailor recognises in files but cannot convert.
