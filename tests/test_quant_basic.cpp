@@ -317,6 +317,51 @@ TEST(QuantSimd, MatchesScalarOnRandomAndEdgeData) {
   }
 }
 
+// The AVX2 Q4_K / Q6_K dequantizers against ggml's recorded floats.
+TEST(QuantSimdKQuants, DequantizeMatchesGgmlVectors) {
+  if (quant::cpu_simd_level() < SimdLevel::avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  for (SimdLevel level : levels()) {
+    if (level == SimdLevel::scalar) continue;
+    SimdCap cap(level);
+    test::expect_dequantize_bit_exact(GgmlType::Q4_K);
+    test::expect_dequantize_bit_exact(GgmlType::Q6_K);
+  }
+}
+
+// Random block bytes (every bit pattern is a valid block apart from the fp16
+// scales, kept finite here): the AVX2 kernels must equal the scalar ones.
+TEST(QuantSimdKQuants, DequantizeMatchesScalarOnRandomBlocks) {
+  if (quant::cpu_simd_level() < SimdLevel::avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::mt19937 rng(99);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_int_distribution<int> half(0, 0x7bff);
+  for (auto [type, scale_offsets] : {std::pair{GgmlType::Q4_K, std::vector<size_t>{0, 2}},
+                                     std::pair{GgmlType::Q6_K, std::vector<size_t>{208}}}) {
+    const int64_t n = 256 * 24;
+    const size_t bpb = row_size(type, 256);
+    std::vector<uint8_t> q(row_size(type, n));
+    for (auto& v : q) v = static_cast<uint8_t>(byte(rng));
+    for (size_t b = 0; b < size_t(n / 256); ++b)
+      for (size_t off : scale_offsets) {
+        uint16_t h = static_cast<uint16_t>(half(rng) | (b % 2 ? 0x8000 : 0));
+        if (b == 3) h = 0x0001;  // subnormal scale
+        std::memcpy(&q[b * bpb + off], &h, 2);
+      }
+    std::vector<float> ref(n), got(n);
+    try {
+      SimdCap cap(SimdLevel::scalar);
+      dequantize_row(type, q.data(), ref.data(), n);
+    } catch (const Error& e) {
+      GTEST_SKIP() << "scalar " << type_name(type) << " not available on this branch: " << e.what();
+    }
+    for (SimdLevel level : levels()) {
+      SimdCap cap(level);
+      dequantize_row(type, q.data(), got.data(), n);
+      EXPECT_EQ(bits_of(got), bits_of(ref)) << type_name(type) << " " << quant::simd_level_name(level);
+    }
+  }
+}
+
 // With max |x| = 127 the scale is exactly 1, so x.5 values are true ties:
 // ggml's roundf sends them away from zero, the SIMD default would go to even.
 TEST(QuantQ8_0, TiesRoundAwayFromZeroOnEveryLevel) {
