@@ -12,31 +12,22 @@
 #include <vector>
 
 #include "tailor/formats/gguf.h"
+#include "format_test_util.h"
 #include "tailor/util/error.h"
 
 namespace fs = std::filesystem;
 using namespace tailor;
+using test::expect_error;
+using test::read_bytes;
 
 namespace {
 
 fs::path temp_dir() {
-  static fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / fmt::format("tailor_test_gguf_{}", ::getpid());
-    fs::create_directories(d);
-    return d;
-  }();
+  static fs::path dir = test::scratch_dir("tailor_test_gguf");
   return dir;
 }
 
-std::vector<uint8_t> read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-void write_bytes(const fs::path& p, const std::vector<uint8_t>& b) {
-  std::ofstream f(p, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
+void write_bytes(const fs::path& p, const std::vector<uint8_t>& b) { test::write_bytes(p, b.data(), b.size()); }
 
 // Deterministic filler so every tensor's bytes are distinct.
 std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
@@ -107,19 +98,6 @@ bool same_value(const GgufValue& a, const GgufValue& b) {
       return true;
   }
   return false;
-}
-
-// Expects `fn` to throw a one-line tailor::Error naming `file` and containing `problem`.
-void expect_error(const std::function<void()>& fn, const std::string& file, const std::string& problem) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected: " << problem;
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    EXPECT_NE(msg.find(file), std::string::npos) << msg;
-    EXPECT_NE(msg.find(problem), std::string::npos) << msg;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-  }
 }
 
 void expect_parse_error(const Bytes& img, const std::string& problem) {

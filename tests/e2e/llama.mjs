@@ -46,7 +46,8 @@ export async function greedy(model, promptIds, n) {
                                             threads: 2});
   try {
     const seq = context.getSequence();
-    const wantTop = {generateNext: {logits: {filter: {tokens: [], includeMax: true}}}};
+    const wantTop = {generateNext: {logits: true}};
+    // The logits map is sorted from the highest logit down.
     const topOf = (o) => o.next.logits.entries().next().value[0];
     let out = await seq.controlledEvaluate(promptIds.map((t, i) => (i === promptIds.length - 1 ? [t, wantTop] : t)));
     let next = topOf(out[promptIds.length - 1]);

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <map>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -28,7 +30,8 @@ void run_convert(const ConvertArgs& a) {
   o.type = t->type;
   o.threads = a.threads;
   o.name = a.name;
-  const bool progress = !a.quiet && !a.json;
+  // The progress line rewrites itself, so only a terminal gets it.
+  const bool progress = !a.quiet && !a.json && isatty(fileno(stderr));
   o.on_tensor = [&](const ConvertedTensor& ct, size_t i, size_t total) {
     if (!progress) return;
     std::fprintf(stderr, "\r[%3zu/%3zu] %-32s %-6s%s\x1b[K", i + 1, total, ct.name.c_str(),

@@ -77,7 +77,8 @@ void set_vocab(GgufWriter& w, const Vocab& v) {
   w.set("tokenizer.ggml.tokens", GgufValue::strings(v.tokens));
   if (!v.scores.empty()) w.set("tokenizer.ggml.scores", GgufValue::floats(v.scores));
   w.set("tokenizer.ggml.token_type", GgufValue::i32s(v.token_types));
-  if (!v.merges.empty()) w.set("tokenizer.ggml.merges", GgufValue::strings(v.merges));
+  // llama.cpp refuses a BPE vocabulary without the merges key, even an empty one.
+  if (v.model == "gpt2") w.set("tokenizer.ggml.merges", GgufValue::strings(v.merges));
   auto id = [&](const char* key, const std::optional<int64_t>& x) {
     if (x) w.set(key, GgufValue::u32(static_cast<uint32_t>(*x)));
   };

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tailor/util/mapped_file.h"
@@ -14,8 +15,13 @@ namespace tailor {
 
 enum class StDtype { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, F8_E4M3, F8_E5M2, U16, U32, U64, Other };
 
+// Other: a dtype the format defines that Tailor has no use for (F8_E8M0, C64,
+// F4, F6_*); such tensors are listed and readable as raw bytes.
 // Bytes per element (0 for Other).
 size_t st_dtype_size(StDtype d);
+
+// Headers larger than this are refused (the reference implementation's limit).
+inline constexpr uint64_t kStMaxHeaderBytes = 100ull << 20;
 
 struct StTensor {
   std::string name;
@@ -34,6 +40,9 @@ class Safetensors {
   // `path` is a .safetensors file, a model.safetensors.index.json, or a folder
   // holding either. Throws Error("<file>: <problem>") on any malformed input.
   static Safetensors open(const std::string& path);
+  // Parses one safetensors file image already in memory (the fuzzers use
+  // this); tensor views point into `data`, which must outlive the result.
+  static Safetensors parse(std::string_view name, const uint8_t* data, size_t size);
 
   const std::vector<StTensor>& tensors() const { return tensors_; }
   const StTensor* find(const std::string& name) const;
@@ -44,6 +53,7 @@ class Safetensors {
   static void to_f32(const StTensor& t, float* out);
 
  private:
+  void add_file(std::string_view name, const uint8_t* data, size_t size, bool first);
   std::vector<std::shared_ptr<MappedFile>> files_;
   std::vector<StTensor> tensors_;  // in file order, shards in index order
   std::map<std::string, size_t> by_name_;
