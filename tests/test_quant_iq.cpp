@@ -15,6 +15,7 @@
 #include "tailor/quant/codec.h"
 #include "tailor/quant/iq_grids.h"
 #include "tailor/quant/types.h"
+#include "tailor/util/error.h"
 
 using namespace tailor;
 using tailor::test::expect_dequantize_bit_exact;
@@ -158,7 +159,8 @@ TEST(IqQuantize, Iq2sErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType
 // dequantize to finite values, and an all-zero row to all zeros.
 TEST(IqQuantize, DegenerateRowsAreSafe) {
   const float inf = INFINITY, nan = NAN;
-  for (GgmlType t : {GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ2_S}) {
+  for (GgmlType t : kGridTypes) {
+    if (!type_info(t).can_quantize) continue;
     const int64_t n = 512;
     std::vector<std::vector<float>> rows;
     rows.push_back(std::vector<float>(n, 0.f));
@@ -176,6 +178,7 @@ TEST(IqQuantize, DegenerateRowsAreSafe) {
     for (size_t r = 0; r < rows.size(); ++r) {
       const float* importances[] = {nullptr, imp.data(), zero_imp.data()};
       for (const float* w : importances) {
+        if (w == nullptr && type_info(t).requires_imatrix) continue;
         std::vector<uint8_t> q(row_size(t, n));
         quantize_row(t, rows[r].data(), q.data(), n, w);
         std::vector<float> y(n);
@@ -187,5 +190,48 @@ TEST(IqQuantize, DegenerateRowsAreSafe) {
         }
       }
     }
+  }
+}
+TEST(IqQuantize, Iq2xxsErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ2_XXS); }
+TEST(IqQuantize, Iq2xsErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ2_XS); }
+TEST(IqQuantize, Iq1sErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ1_S); }
+TEST(IqQuantize, Iq1mErrorMatchesGgml) { test::expect_quantize_error_ok(GgmlType::IQ1_M); }
+
+// Same search in the same float operation order as ggml, so the bytes match
+// ggml's own .q files row for row (this build has no FMA contraction, like
+// the reference). One exception: ggml's IQ3_S stops advancing its code and
+// sign pointers after an all-zero sub-block, misplacing the rest of that
+// super-block; synth512 has such blocks, and there we differ (and win, see
+// Iq3sErrorMatchesGgml).
+TEST(IqQuantize, BytesMatchGgml) {
+  for (GgmlType t :
+       {GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ2_S, GgmlType::IQ3_XXS, GgmlType::IQ3_S}) {
+    std::string tname(type_name(t));
+    const auto& results = test::manifest()["results"][tname];
+    for (auto it = results.begin(); it != results.end(); ++it) {
+      if (t == GgmlType::IQ3_S && it.key() == "synth512") continue;
+      test::VectorSet s = test::load_set(it.key());
+      for (const char* mode : {"plain", "imatrix"}) {
+        if (!it.value().contains(mode)) continue;
+        auto ref = test::read_bytes(test::vectors_dir() + "/" +
+                                    it.value()[mode]["q_file"].get<std::string>());
+        std::vector<uint8_t> q(ref.size());
+        const float* w = std::string(mode) == "imatrix" ? s.imatrix.data() : nullptr;
+        quantize_rows(t, s.input.data(), q.data(), s.rows, s.cols, w, 1);
+        size_t rb = row_size(t, s.cols);
+        int64_t differing = 0;
+        for (int64_t r = 0; r < s.rows; ++r)
+          differing += std::memcmp(q.data() + r * rb, ref.data() + r * rb, rb) != 0;
+        EXPECT_EQ(differing, 0) << tname << " " << s.name << " " << mode;
+      }
+    }
+  }
+}
+
+TEST(IqQuantize, MissingImportanceIsAnError) {
+  std::vector<float> x(256, 0.1f);
+  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ1_S}) {
+    std::vector<uint8_t> q(row_size(t, 256));
+    EXPECT_THROW(quantize_row(t, x.data(), q.data(), 256, nullptr), Error) << type_name(t);
   }
 }

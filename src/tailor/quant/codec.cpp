@@ -37,13 +37,13 @@ Kernels kernels_for(GgmlType t) {
     case GgmlType::IQ4_XS: return {dequantize_iq4_xs, quantize_iq4_xs};
     case GgmlType::TQ1_0: return {dequantize_tq1_0, quantize_tq1_0};
     case GgmlType::TQ2_0: return {dequantize_tq2_0, quantize_tq2_0};
-    case GgmlType::IQ2_XXS: return {dequantize_iq2_xxs, nullptr};
-    case GgmlType::IQ2_XS: return {dequantize_iq2_xs, nullptr};
+    case GgmlType::IQ2_XXS: return {dequantize_iq2_xxs, quantize_iq2_xxs};
+    case GgmlType::IQ2_XS: return {dequantize_iq2_xs, quantize_iq2_xs};
     case GgmlType::IQ2_S: return {dequantize_iq2_s, quantize_iq2_s};
     case GgmlType::IQ3_XXS: return {dequantize_iq3_xxs, quantize_iq3_xxs};
     case GgmlType::IQ3_S: return {dequantize_iq3_s, quantize_iq3_s};
-    case GgmlType::IQ1_S: return {dequantize_iq1_s, nullptr};
-    case GgmlType::IQ1_M: return {dequantize_iq1_m, nullptr};
+    case GgmlType::IQ1_S: return {dequantize_iq1_s, quantize_iq1_s};
+    case GgmlType::IQ1_M: return {dequantize_iq1_m, quantize_iq1_m};
     default: return {};
   }
 }

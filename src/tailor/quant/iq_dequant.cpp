@@ -27,7 +27,7 @@ template <int Count>
 void put_signed(float* y, float scale, uint64_t entry, unsigned signs) {
   for (int j = 0; j < Count; ++j) {
     float v = scale * float(grid_byte(entry, j));
-    y[j] = v * ((signs >> j) & 1u ? -1.f : 1.f);
+    y[j] = v * (1.f - 2.f * float((signs >> j) & 1u));  // exactly -1 or +1, no branch
   }
 }
 

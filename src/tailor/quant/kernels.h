@@ -61,8 +61,13 @@ void dequantize_iq3_xxs(const void*, float*, int64_t);
 void dequantize_iq3_s(const void*, float*, int64_t);
 void dequantize_iq1_s(const void*, float*, int64_t);
 void dequantize_iq1_m(const void*, float*, int64_t);
+void quantize_iq2_xxs(const float*, void*, int64_t, const float*);  // needs importance
+void quantize_iq2_xs(const float*, void*, int64_t, const float*);   // needs importance
 void quantize_iq3_xxs(const float*, void*, int64_t, const float*);
 void quantize_iq3_s(const float*, void*, int64_t, const float*);
 void quantize_iq2_s(const float*, void*, int64_t, const float*);
+// iq1_quantize.cpp
+void quantize_iq1_s(const float*, void*, int64_t, const float*);  // needs importance
+void quantize_iq1_m(const float*, void*, int64_t, const float*);
 
 }  // namespace tailor::quant
