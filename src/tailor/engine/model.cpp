@@ -12,6 +12,7 @@
 #include "tailor/model/gguf_names.h"
 #include "tailor/quant/codec.h"
 #include "tailor/util/error.h"
+#include "tailor/util/fp16.h"
 
 namespace tailor::engine {
 namespace {
@@ -43,6 +44,10 @@ std::vector<double> hf_inv_freq(const ModelConfig& c, const std::string& src) {
          rs.type);
   }
   return rope_inv_freq(c.head_dim, c.rope_theta, s);
+}
+
+void round_freqs_to_bf16(std::vector<double>& inv_freq) {
+  for (double& f : inv_freq) f = bf16_to_fp32(fp32_to_bf16(static_cast<float>(f)));
 }
 
 // Stable index vector for a q/k row permutation: entry i is the GGUF row that
@@ -260,6 +265,7 @@ Model Model::load_hf(const std::string& folder, const LoadOptions& options) {
   s->cfg = load_model_config(folder);
   const ModelConfig& c = s->cfg;
   s->inv_freq = hf_inv_freq(c, folder);
+  if (options.bf16_rope_freqs) round_freqs_to_bf16(s->inv_freq);
   const Safetensors st = Safetensors::open(folder);
   std::map<std::string, int64_t> experts_seen;
   for (const StTensor& t : st.tensors()) {
@@ -302,6 +308,7 @@ Model Model::load_gguf(const std::string& path, const LoadOptions& options) {
   const GgufFile g = GgufFile::open(path);
   auto s = std::make_unique<State>();
   s->cfg = gguf_config(g, s->inv_freq);
+  if (options.bf16_rope_freqs) round_freqs_to_bf16(s->inv_freq);
   const ModelConfig& c = s->cfg;
   const bool permuted = family_permutes_qk(c.family);
   for (const GgufTensorInfo& t : g.tensors()) {
