@@ -70,15 +70,14 @@ async function trained(modelName, type) {
     res.first4_max_abs_logit = maxRef;
 
     expect(res.prompt_ids_match, `prompt tokenized differently: ${JSON.stringify(promptIds)}`);
-    if (type === "F32") {
-      expect(res.greedy_common_prefix >= 20, `greedy continuation matches only ${res.greedy_common_prefix} tokens (< 20)`);
-      expect(res.probe_argmax_agree >= 60, `probe argmax agrees at ${res.probe_argmax_agree}/64 positions (< 60)`);
-      expect(maxDiff < 0.02 * maxRef, `first-4 logits differ by ${maxDiff} (max |logit| ${maxRef})`);
-    } else {
-      expect(res.greedy_common_prefix >= 8, `greedy continuation matches only ${res.greedy_common_prefix} tokens (< 8)`);
-      expect(res.probe_argmax_agree >= 54, `probe argmax agrees at ${res.probe_argmax_agree}/64 positions (< 54)`);
-      expect(maxDiff < 0.1 * maxRef, `first-4 logits differ by ${maxDiff} (max |logit| ${maxRef})`);
-    }
+    // Bounds per type: F32 must reproduce the reference; quantized files must
+    // stay close (measured: Q8_0 64/64 and 62/64 probe argmax, Q4_K 56/64).
+    const bounds = {F32: [20, 60, 0.02], Q8_0: [8, 56, 0.05], Q4_K: [4, 48, 0.15]}[type];
+    const [minPrefix, minAgree, maxRel] = bounds;
+    expect(res.greedy_common_prefix >= minPrefix,
+           `greedy continuation matches only ${res.greedy_common_prefix} tokens (< ${minPrefix})`);
+    expect(res.probe_argmax_agree >= minAgree, `probe argmax agrees at ${res.probe_argmax_agree}/64 positions (< ${minAgree})`);
+    expect(maxDiff < maxRel * maxRef, `first-4 logits differ by ${maxDiff} (max |logit| ${maxRef})`);
     // Sanity, not precision: the probe text may be harder than the validation
     // text, but a broken model lands near ln(vocab) = 9.
     const nllBound = Math.log(ref.val_first64k_ctx512_all_positions_ppl_f32) + 1.5;
@@ -176,6 +175,7 @@ let result;
 try {
   if (args.case === "llama30m-f32") result = await trained("llama-30m", "F32");
   else if (args.case === "llama30m-q8_0") result = await trained("llama-30m", "Q8_0");
+  else if (args.case === "llama30m-q4_k") result = await trained("llama-30m", "Q4_K");
   else if (args.case === "moe26m-q8_0") result = await trained("moe-26m", "Q8_0");
   else if (args.case === "llama30m-tensors") result = tensorNames();
   else if (args.case.startsWith("arch-")) result = await archRef(args.case.slice(5));
