@@ -1,7 +1,8 @@
-// Quantization throughput per type, in MB/s of f32 input, on a real llama-30m
-// weight. Each type runs scalar and SIMD, on 1 and 2 threads, in one process;
-// the counters vs_scalar and vs_1thread hold the ratios, and a table of them is
-// printed at the end. Types whose quantizer is not written yet are skipped.
+// Quantization (and dequantization) throughput per type, in MB/s of f32 data,
+// on a real llama-30m weight. Each type runs scalar and SIMD, on 1 and 2
+// threads, in one process; the counters vs_scalar and vs_1thread hold the
+// ratios, and tables of them are printed at the end. Types whose kernel is not
+// written yet are skipped.
 #include <benchmark/benchmark.h>
 
 #include <chrono>
@@ -74,18 +75,26 @@ const Matrix& input() {
   return m;
 }
 
-// MB/s of the last run of each (type, threads, simd) case.
-std::map<std::tuple<std::string, int, bool>, double> g_rate;
+enum class Op { quantize, dequantize };
 
-void bench_quantize(benchmark::State& state, GgmlType type, int threads, bool simd) {
+// MB/s of the last run of each (op, type, threads, simd) case.
+std::map<std::tuple<Op, std::string, int, bool>, double> g_rate;
+
+void bench_codec(benchmark::State& state, Op op, GgmlType type, int threads, bool simd) {
   const Matrix& m = input();
-  std::vector<uint8_t> out(tailor::row_size(type, m.cols) * m.rows);
-  std::vector<float> importance(m.cols, 1.0f);
+  std::vector<uint8_t> packed(tailor::row_size(type, m.cols) * m.rows);
+  std::vector<float> importance(m.cols, 1.0f), unpacked(m.data.size());
+  tailor::quantize_rows(type, m.data.data(), packed.data(), m.rows, m.cols, nullptr, threads);
   tailor::quant::set_simd_enabled(simd);
   auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    tailor::quantize_rows(type, m.data.data(), out.data(), m.rows, m.cols, importance.data(), threads);
-    benchmark::DoNotOptimize(out.data());
+    if (op == Op::quantize) {
+      tailor::quantize_rows(type, m.data.data(), packed.data(), m.rows, m.cols, importance.data(), threads);
+      benchmark::DoNotOptimize(packed.data());
+    } else {
+      tailor::dequantize_rows(type, packed.data(), unpacked.data(), m.rows, m.cols, threads);
+      benchmark::DoNotOptimize(unpacked.data());
+    }
     benchmark::ClobberMemory();
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -93,72 +102,84 @@ void bench_quantize(benchmark::State& state, GgmlType type, int threads, bool si
   double bytes = double(state.iterations()) * double(m.data.size() * sizeof(float));
   double rate = secs > 0 ? bytes / secs / 1e6 : 0.0;
   std::string name(tailor::type_name(type));
-  g_rate[{name, threads, simd}] = rate;
+  g_rate[{op, name, threads, simd}] = rate;
   state.SetBytesProcessed(static_cast<int64_t>(bytes));
   state.counters["MB/s"] = rate;
   if (simd) {
-    auto it = g_rate.find({name, threads, false});
+    auto it = g_rate.find({op, name, threads, false});
     if (it != g_rate.end() && it->second > 0) state.counters["vs_scalar"] = rate / it->second;
   }
   if (threads > 1) {
-    auto it = g_rate.find({name, 1, simd});
+    auto it = g_rate.find({op, name, 1, simd});
     if (it != g_rate.end() && it->second > 0) state.counters["vs_1thread"] = rate / it->second;
   }
 }
 
-// A type is benchmarked when its quantizer runs on one row of the input.
-bool has_quantizer(GgmlType type) {
+// A type is benchmarked for an op when its kernels run on one row of the input
+// (dequantizing needs the quantizer too, to make its input).
+bool supported(Op op, GgmlType type) {
   const Matrix& m = input();
   if (!tailor::row_fits(type, m.cols)) return false;
-  std::vector<uint8_t> out(tailor::row_size(type, m.cols));
+  std::vector<uint8_t> packed(tailor::row_size(type, m.cols));
+  std::vector<float> out(m.cols);
   try {
-    tailor::quantize_row(type, m.data.data(), out.data(), m.cols, nullptr);
+    tailor::quantize_row(type, m.data.data(), packed.data(), m.cols, nullptr);
+    if (op == Op::dequantize) {
+      tailor::quant::set_simd_enabled(false);  // the scalar kernel must exist as well
+      tailor::dequantize_row(type, packed.data(), out.data(), m.cols);
+      tailor::quant::set_simd_enabled(true);
+    }
     return true;
   } catch (const tailor::Error&) {
+    tailor::quant::set_simd_enabled(true);
     return false;  // not implemented (yet), or not a quantizable type
   }
 }
 
-void print_summary() {
-  std::printf("\nInput: %s [%lld x %lld], SIMD level %s\n", input().source.c_str(),
-              static_cast<long long>(input().rows), static_cast<long long>(input().cols),
-              std::string(tailor::quant::simd_level_name(tailor::quant::cpu_simd_level())).c_str());
-  std::printf("%-8s %12s %12s %12s %12s %10s %10s %10s\n", "type", "1t scalar", "1t simd",
-              "2t scalar", "2t simd", "simd/sc 1t", "simd/sc 2t", "2t/1t simd");
+void print_summary(Op op) {
+  std::printf("\n%s, MB/s of f32 data (ratios from the same run)\n",
+              op == Op::quantize ? "quantize" : "dequantize");
+  std::printf("%-8s %10s %10s %10s %10s %10s %10s %10s\n", "type", "1t scalar", "1t simd", "2t scalar",
+              "2t simd", "simd/sc 1t", "simd/sc 2t", "2t/1t simd");
   for (const auto& info : tailor::all_types()) {
     std::string n(info.name);
     auto get = [&](int t, bool s) {
-      auto it = g_rate.find({n, t, s});
+      auto it = g_rate.find({op, n, t, s});
       return it == g_rate.end() ? 0.0 : it->second;
     };
     if (get(1, false) == 0 && get(1, true) == 0) continue;
     auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    std::printf("%-8s %12.1f %12.1f %12.1f %12.1f %10.2f %10.2f %10.2f\n", n.c_str(), get(1, false),
+    std::printf("%-8s %10.1f %10.1f %10.1f %10.1f %10.2f %10.2f %10.2f\n", n.c_str(), get(1, false),
                 get(1, true), get(2, false), get(2, true), ratio(get(1, true), get(1, false)),
                 ratio(get(2, true), get(2, false)), ratio(get(2, true), get(1, true)));
   }
-  std::printf("(MB/s of f32 input; ratios from the same run)\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (const auto& info : tailor::all_types()) {
-    if (!has_quantizer(info.type)) continue;
-    // Registration order puts each reference (scalar, 1 thread) before its comparisons.
-    for (int threads : {1, 2})
-      for (bool simd : {false, true}) {
-        std::string name = "quantize/" + std::string(info.name) + "/threads:" + std::to_string(threads) +
-                           (simd ? "/simd" : "/scalar");
-        benchmark::RegisterBenchmark(name.c_str(), bench_quantize, info.type, threads, simd)
-            ->Unit(benchmark::kMillisecond)
-            ->UseRealTime();
-      }
-  }
+  for (Op op : {Op::quantize, Op::dequantize})
+    for (const auto& info : tailor::all_types()) {
+      if (!supported(op, info.type)) continue;
+      // Registration order puts each reference (scalar, 1 thread) before its comparisons.
+      for (int threads : {1, 2})
+        for (bool simd : {false, true}) {
+          std::string name = std::string(op == Op::quantize ? "quantize/" : "dequantize/") +
+                             std::string(info.name) + "/threads:" + std::to_string(threads) +
+                             (simd ? "/simd" : "/scalar");
+          benchmark::RegisterBenchmark(name.c_str(), bench_codec, op, info.type, threads, simd)
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
+    }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  print_summary();
+  std::printf("\nInput: %s [%lld x %lld], CPU SIMD level %s\n", input().source.c_str(),
+              static_cast<long long>(input().rows), static_cast<long long>(input().cols),
+              std::string(tailor::quant::simd_level_name(tailor::quant::cpu_simd_level())).c_str());
+  print_summary(Op::quantize);
+  print_summary(Op::dequantize);
   return 0;
 }

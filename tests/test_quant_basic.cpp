@@ -94,13 +94,14 @@ std::vector<float> edge_data(size_t n, uint32_t seed, bool with_nonfinite) {
 }
 
 // Quantizes and dequantizes `x` on every level and requires identical bytes and floats.
-void expect_simd_matches_scalar(GgmlType type, const std::vector<float>& x) {
+void expect_simd_matches_scalar(GgmlType type, const std::vector<float>& x,
+                                const float* importance = nullptr) {
   int64_t n = static_cast<int64_t>(x.size());
   std::vector<uint8_t> ref_q(row_size(type, n));
   std::vector<float> ref_y(n);
   {
     SimdCap cap(SimdLevel::scalar);
-    quantize_row(type, x.data(), ref_q.data(), n, nullptr);
+    quantize_row(type, x.data(), ref_q.data(), n, importance);
     dequantize_row(type, ref_q.data(), ref_y.data(), n);
   }
   for (SimdLevel level : levels()) {
@@ -108,7 +109,7 @@ void expect_simd_matches_scalar(GgmlType type, const std::vector<float>& x) {
     SimdCap cap(level);
     std::vector<uint8_t> q(ref_q.size());
     std::vector<float> y(n);
-    quantize_row(type, x.data(), q.data(), n, nullptr);
+    quantize_row(type, x.data(), q.data(), n, importance);
     dequantize_row(type, ref_q.data(), y.data(), n);
     EXPECT_EQ(q, ref_q) << type_name(type) << " quantize, level " << quant::simd_level_name(level);
     EXPECT_EQ(bits_of(y), bits_of(ref_y))
@@ -314,6 +315,123 @@ TEST(QuantSimd, MatchesScalarOnRandomAndEdgeData) {
     test::VectorSet s = load_set(set);
     for (GgmlType t : {GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0})
       expect_simd_matches_scalar(t, s.input);
+    // The IQ4 scale search runs its candidates in SIMD lanes.
+    for (int64_t r = 0; r < s.rows; ++r) {
+      std::vector<float> row(s.input.begin() + r * s.cols, s.input.begin() + (r + 1) * s.cols);
+      for (GgmlType t : {GgmlType::IQ4_NL, GgmlType::IQ4_XS}) {
+        expect_simd_matches_scalar(t, row);
+        expect_simd_matches_scalar(t, row, s.imatrix.data());
+      }
+    }
+  }
+}
+
+// Rows are independent: the thread count must not change a byte; and the types
+// that take no importance vector ignore one (ggml's recorded bytes are the same).
+TEST(QuantRows, ThreadsAndIgnoredImportanceDoNotChangeBytes) {
+  test::VectorSet s = load_set("real1280");
+  for (GgmlType t : {GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::IQ4_XS,
+                     GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+    bool uses = type_info(t).uses_imatrix;
+    const float* w = s.imatrix.data();
+    size_t bytes = row_size(t, s.cols) * s.rows;
+    std::vector<uint8_t> one(bytes), two(bytes), plain(bytes);
+    quantize_rows(t, s.input.data(), one.data(), s.rows, s.cols, w, 1);
+    quantize_rows(t, s.input.data(), two.data(), s.rows, s.cols, w, 3);
+    quantize_rows(t, s.input.data(), plain.data(), s.rows, s.cols, nullptr, 1);
+    EXPECT_EQ(one, two) << type_name(t);
+    if (uses) EXPECT_NE(one, plain) << type_name(t) << " ignored its importance vector";
+    else EXPECT_EQ(one, plain) << type_name(t);
+  }
+}
+
+// The AVX2 Q4_K / Q6_K dequantizers against ggml's recorded floats.
+TEST(QuantSimdKQuants, DequantizeMatchesGgmlVectors) {
+  if (quant::cpu_simd_level() < SimdLevel::avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  for (SimdLevel level : levels()) {
+    if (level == SimdLevel::scalar) continue;
+    SimdCap cap(level);
+    test::expect_dequantize_bit_exact(GgmlType::Q4_K);
+    test::expect_dequantize_bit_exact(GgmlType::Q6_K);
+  }
+}
+
+// Random block bytes (every bit pattern is a valid block apart from the fp16
+// scales, kept finite here): the AVX2 kernels must equal the scalar ones.
+TEST(QuantSimdKQuants, DequantizeMatchesScalarOnRandomBlocks) {
+  if (quant::cpu_simd_level() < SimdLevel::avx2) GTEST_SKIP() << "no AVX2 on this CPU";
+  std::mt19937 rng(99);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_int_distribution<int> half(0, 0x7bff);
+  for (auto [type, scale_offsets] : {std::pair{GgmlType::Q4_K, std::vector<size_t>{0, 2}},
+                                     std::pair{GgmlType::Q6_K, std::vector<size_t>{208}}}) {
+    const int64_t n = 256 * 24;
+    const size_t bpb = row_size(type, 256);
+    std::vector<uint8_t> q(row_size(type, n));
+    for (auto& v : q) v = static_cast<uint8_t>(byte(rng));
+    for (size_t b = 0; b < size_t(n / 256); ++b)
+      for (size_t off : scale_offsets) {
+        uint16_t h = static_cast<uint16_t>(half(rng) | (b % 2 ? 0x8000 : 0));
+        if (b == 3) h = 0x0001;  // subnormal scale
+        std::memcpy(&q[b * bpb + off], &h, 2);
+      }
+    std::vector<float> ref(n), got(n);
+    try {
+      SimdCap cap(SimdLevel::scalar);
+      dequantize_row(type, q.data(), ref.data(), n);
+    } catch (const Error& e) {
+      GTEST_SKIP() << "scalar " << type_name(type) << " not available on this branch: " << e.what();
+    }
+    for (SimdLevel level : levels()) {
+      SimdCap cap(level);
+      dequantize_row(type, q.data(), got.data(), n);
+      EXPECT_EQ(bits_of(got), bits_of(ref)) << type_name(type) << " " << quant::simd_level_name(level);
+    }
+  }
+}
+
+// Values whose product with 1/d is a float tie (k + 0.5) although the exact
+// product is just below it: ggml rounds the float product, so they go to k + 1.
+// A kernel that fused the multiply into the rounding step (FMA) would give k.
+TEST(QuantQ8_0, RoundsTheRoundedProduct) {
+  // One block per amax; each block collects up to 31 such values.
+  std::vector<float> x;
+  std::vector<int> want;  // expected code per value, -999 = not checked
+  int found = 0;
+  for (int a = 0; a < 64; ++a) {
+    const float amax = 0.01f + 0.037f * static_cast<float>(a);
+    const float inv = 1.0f / (amax / 127.0f);
+    std::vector<float> block(32, 0.0f);
+    std::vector<int> codes(32, -999);
+    block[0] = amax;
+    int n = 1;
+    for (int k = 0; k < 126 && n < 32; ++k) {
+      const float target = static_cast<float>(k) + 0.5f;
+      float v = std::nextafter(target / inv, 0.0f);
+      for (int s = 0; s < 4 && n < 32; ++s, v = std::nextafter(v, 1e30f)) {
+        if (v * inv == target && double(v) * double(inv) < double(target)) {
+          bool neg = n % 2 == 0;
+          block[n] = neg ? -v : v;
+          codes[n] = neg ? -(k + 1) : k + 1;
+          ++n;
+          break;
+        }
+      }
+    }
+    found += n - 1;
+    x.insert(x.end(), block.begin(), block.end());
+    want.insert(want.end(), codes.begin(), codes.end());
+  }
+  ASSERT_GT(found, 50) << "too few float ties found";
+  const int64_t n = static_cast<int64_t>(x.size());
+  for (SimdLevel level : levels()) {
+    SimdCap cap(level);
+    std::vector<uint8_t> q(row_size(GgmlType::Q8_0, n));
+    quantize_row(GgmlType::Q8_0, x.data(), q.data(), n, nullptr);
+    int wrong = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (want[i] != -999 && static_cast<int8_t>(q[(i / 32) * 34 + 2 + i % 32]) != want[i]) ++wrong;
+    EXPECT_EQ(wrong, 0) << "of " << found << " ties, level " << quant::simd_level_name(level);
   }
 }
 

@@ -1,6 +1,7 @@
 #include "tailor/quant/codec.h"
 
 #include "tailor/quant/kernels.h"
+#include "tailor/quant/simd_kquants.h"
 #include "tailor/util/error.h"
 #include "tailor/util/parallel.h"
 
@@ -11,6 +12,10 @@ struct Kernels {
   quant::DequantizeFn dequantize = nullptr;
   quant::QuantizeFn quantize = nullptr;
 };
+
+quant::DequantizeFn or_scalar(quant::DequantizeFn simd, quant::DequantizeFn scalar) {
+  return simd != nullptr ? simd : scalar;
+}
 
 Kernels kernels_for(GgmlType t) {
   using namespace quant;
@@ -25,9 +30,9 @@ Kernels kernels_for(GgmlType t) {
     case GgmlType::Q8_0: return {dequantize_q8_0, quantize_q8_0};
     case GgmlType::Q2_K: return {dequantize_q2_k, quantize_q2_k};
     case GgmlType::Q3_K: return {dequantize_q3_k, quantize_q3_k};
-    case GgmlType::Q4_K: return {dequantize_q4_k, quantize_q4_k};
+    case GgmlType::Q4_K: return {or_scalar(simd_dequantize_q4_k(), dequantize_q4_k), quantize_q4_k};
     case GgmlType::Q5_K: return {dequantize_q5_k, quantize_q5_k};
-    case GgmlType::Q6_K: return {dequantize_q6_k, quantize_q6_k};
+    case GgmlType::Q6_K: return {or_scalar(simd_dequantize_q6_k(), dequantize_q6_k), quantize_q6_k};
     case GgmlType::IQ4_NL: return {dequantize_iq4_nl, quantize_iq4_nl};
     case GgmlType::IQ4_XS: return {dequantize_iq4_xs, quantize_iq4_xs};
     case GgmlType::TQ1_0: return {dequantize_tq1_0, quantize_tq1_0};

@@ -10,6 +10,7 @@
 // GCC 12 reports its own AVX-512 intrinsics (_mm512_undefined_*) as "maybe
 // uninitialized" once inlined into target() functions; that is a false alarm.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define TAILOR_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TAILOR_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
 
