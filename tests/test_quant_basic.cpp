@@ -326,6 +326,25 @@ TEST(QuantSimd, MatchesScalarOnRandomAndEdgeData) {
   }
 }
 
+// Rows are independent: the thread count must not change a byte; and the types
+// that take no importance vector ignore one (ggml's recorded bytes are the same).
+TEST(QuantRows, ThreadsAndIgnoredImportanceDoNotChangeBytes) {
+  test::VectorSet s = load_set("real1280");
+  for (GgmlType t : {GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::IQ4_XS,
+                     GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+    bool uses = type_info(t).uses_imatrix;
+    const float* w = s.imatrix.data();
+    size_t bytes = row_size(t, s.cols) * s.rows;
+    std::vector<uint8_t> one(bytes), two(bytes), plain(bytes);
+    quantize_rows(t, s.input.data(), one.data(), s.rows, s.cols, w, 1);
+    quantize_rows(t, s.input.data(), two.data(), s.rows, s.cols, w, 3);
+    quantize_rows(t, s.input.data(), plain.data(), s.rows, s.cols, nullptr, 1);
+    EXPECT_EQ(one, two) << type_name(t);
+    if (uses) EXPECT_NE(one, plain) << type_name(t) << " ignored its importance vector";
+    else EXPECT_EQ(one, plain) << type_name(t);
+  }
+}
+
 // The AVX2 Q4_K / Q6_K dequantizers against ggml's recorded floats.
 TEST(QuantSimdKQuants, DequantizeMatchesGgmlVectors) {
   if (quant::cpu_simd_level() < SimdLevel::avx2) GTEST_SKIP() << "no AVX2 on this CPU";

@@ -204,6 +204,7 @@ TEST(Safetensors, WriterRoundTripsAllDtypes) {
   EXPECT_EQ(st.find("w.f4")->dtype, StDtype::Other);
   EXPECT_EQ(std::memcmp(st.find("w.f4")->data, f4.data(), 2), 0);
   EXPECT_EQ(st.find("w.empty")->nbytes, 0u);
+  Safetensors::to_f32(*st.find("w.empty"), nullptr);  // nothing to convert, nothing touched
   expect_error([&] { Safetensors::to_f32(*ti, out.data()); }, p.string(), "dtype I64, which cannot be converted");
 }
 
@@ -262,6 +263,11 @@ TEST(SafetensorsHostile, TruncatedAtEveryByte) {
 TEST(SafetensorsHostile, NotJson) {
   expect_parse_error("{\"a\": [1, 2", 0, "header is not valid JSON");
   expect_parse_error("GGUF", 0, "header is not valid JSON");
+}
+
+TEST(SafetensorsHostile, NulInsideHeader) {
+  // Valid JSON, then a NUL and junk: the whole header must be JSON and spaces.
+  expect_parse_error(std::string("{}  \0junk", 9), 0, "header holds a NUL byte at offset 4");
 }
 
 TEST(SafetensorsHostile, NotAnObject) {

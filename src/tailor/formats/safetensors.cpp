@@ -70,6 +70,9 @@ void check_json_depth(std::string_view file, std::string_view text) {
 // Parses JSON text, refusing duplicate keys in any object (the library would
 // silently keep the last one).
 json parse_json(std::string_view file, std::string_view what, std::string_view text) {
+  // The JSON library stops at a NUL byte and would ignore whatever follows it.
+  if (size_t nul = text.find('\0'); nul != std::string_view::npos)
+    fail("{}: {} holds a NUL byte at offset {}", file, what, nul);
   check_json_depth(file, text);
   std::vector<std::set<std::string>> keys;
   auto on_event = [&](int, json::parse_event_t ev, json& parsed) {
@@ -318,6 +321,7 @@ const StTensor* Safetensors::find(const std::string& name) const {
 
 void Safetensors::to_f32(const StTensor& t, float* out) {
   const int64_t n = t.numel();
+  if (n == 0) return;  // out may be null for an empty tensor
   switch (t.dtype) {
     case StDtype::F32:
       std::memcpy(out, t.data, static_cast<size_t>(n) * 4);
