@@ -21,18 +21,18 @@ static const std::string kShared = TAILOR_SHARED_DIR;
 static void expect_matches_library(const std::string& path) {
   sentencepiece::SentencePieceProcessor sp;
   ASSERT_TRUE(sp.Load(path).ok());
-  Vocab v = read_sentencepiece_vocab(path);
+  Vocab v = spm_vocab_from_file(path);
   ASSERT_EQ(static_cast<int>(v.tokens.size()), sp.GetPieceSize());
   ASSERT_EQ(v.scores.size(), v.tokens.size());
   ASSERT_EQ(v.token_types.size(), v.tokens.size());
   for (int i = 0; i < sp.GetPieceSize(); ++i) {
     ASSERT_EQ(v.tokens[i], sp.IdToPiece(i)) << i;
     ASSERT_EQ(v.scores[i], sp.GetScore(i)) << i;
-    TokenType want = sp.IsUnknown(i) ? TokenType::Unknown
-                     : sp.IsControl(i) ? TokenType::Control
-                     : sp.IsUnused(i)  ? TokenType::Unused
-                     : sp.IsByte(i)    ? TokenType::Byte
-                                       : TokenType::Normal;
+    TokenType want = sp.IsUnknown(i) ? TokenType::unknown
+                     : sp.IsControl(i) ? TokenType::control
+                     : sp.IsUnused(i)  ? TokenType::unused
+                     : sp.IsByte(i)    ? TokenType::byte
+                                       : TokenType::normal;
     ASSERT_EQ(v.token_types[i], static_cast<int32_t>(want)) << i;
   }
   EXPECT_EQ(v.unk, sp.unk_id());
@@ -66,22 +66,22 @@ TEST(Vocab, FolderWithoutTokenizer) {
 }
 
 TEST(Vocab, Llama3Bpe) {
-  Vocab v = read_bpe_vocab(kShared + "/tokenizers/llama3/tokenizer.json");
+  Vocab v = bpe_vocab_from_file(kShared + "/tokenizers/llama3/tokenizer.json");
   EXPECT_EQ(v.model, "gpt2");
   EXPECT_EQ(v.pre, "llama-bpe");
   ASSERT_EQ(v.tokens.size(), 128256u);
   EXPECT_EQ(v.tokens[128000], "<|begin_of_text|>");
-  EXPECT_EQ(v.token_types[128000], static_cast<int32_t>(TokenType::Control));
-  EXPECT_EQ(v.token_types[1000], static_cast<int32_t>(TokenType::Normal));
+  EXPECT_EQ(v.token_types[128000], static_cast<int32_t>(TokenType::control));
+  EXPECT_EQ(v.token_types[1000], static_cast<int32_t>(TokenType::normal));
   EXPECT_EQ(v.merges.size(), 280147u);
   EXPECT_EQ(v.merges[0], "Ġ Ġ");
 }
 
 TEST(Vocab, Qwen3BpeListMerges) {
-  Vocab v = read_bpe_vocab(kShared + "/tokenizers/qwen3/tokenizer.json");
+  Vocab v = bpe_vocab_from_file(kShared + "/tokenizers/qwen3/tokenizer.json");
   EXPECT_EQ(v.pre, "qwen2");
   EXPECT_EQ(v.tokens[151643], "<|endoftext|>");
-  EXPECT_EQ(v.token_types[151643], static_cast<int32_t>(TokenType::Control));
+  EXPECT_EQ(v.token_types[151643], static_cast<int32_t>(TokenType::control));
   EXPECT_EQ(v.merges.size(), 151387u);
   EXPECT_EQ(v.merges[1], "ĠĠ ĠĠ");  // [a, b] pairs are joined with a space
 }
@@ -113,12 +113,12 @@ TEST(Vocab, CorruptSentencepieceIsAnError) {
   };
   for (size_t i = 0; i < bad.size(); ++i) {
     std::string path = write_temp("bad" + std::to_string(i), bad[i]);
-    std::string e = error_of([&] { read_sentencepiece_vocab(path); });
+    std::string e = error_of([&] { spm_vocab_from_file(path); });
     EXPECT_NE(e.find(path), std::string::npos) << i << ": " << e;
     EXPECT_NE(e.find("sentencepiece"), std::string::npos) << i << ": " << e;
     fs::remove(path);
   }
-  EXPECT_THROW(read_sentencepiece_vocab("/nonexistent/tokenizer.model"), Error);
+  EXPECT_THROW(spm_vocab_from_file("/nonexistent/tokenizer.model"), Error);
 }
 
 TEST(Vocab, CorruptTokenizerJsonIsAnError) {
@@ -132,7 +132,7 @@ TEST(Vocab, CorruptTokenizerJsonIsAnError) {
   };
   for (size_t i = 0; i < bad.size(); ++i) {
     std::string path = write_temp("bad" + std::to_string(i) + ".json", bad[i]);
-    std::string e = error_of([&] { read_bpe_vocab(path); });
+    std::string e = error_of([&] { bpe_vocab_from_file(path); });
     EXPECT_NE(e.find(path), std::string::npos) << i << ": " << e;
     fs::remove(path);
   }
@@ -149,7 +149,7 @@ TEST(Vocab, PaddingAndTooSmallVocab) {
   Vocab v = load_vocab(dir.string(), c);
   ASSERT_EQ(v.tokens.size(), 8200u);
   EXPECT_EQ(v.tokens[8199], "[PAD8199]");
-  EXPECT_EQ(v.token_types[8195], static_cast<int32_t>(TokenType::Unused));
+  EXPECT_EQ(v.token_types[8195], static_cast<int32_t>(TokenType::unused));
   EXPECT_EQ(v.scores.size(), 8200u);
   EXPECT_EQ(v.bos, 1);  // no tokenizer_config.json: ids from the sentencepiece model
   c.vocab_size = 8000;
@@ -162,7 +162,7 @@ TEST(Vocab, PaddingAndTooSmallVocab) {
   c.vocab_size = 151936;  // Qwen3 checkpoints pad the embedding past the tokenizer
   v = load_vocab(dir.string(), c);
   ASSERT_EQ(v.tokens.size(), 151936u);
-  EXPECT_EQ(v.token_types[151700], static_cast<int32_t>(TokenType::Unused));
+  EXPECT_EQ(v.token_types[151700], static_cast<int32_t>(TokenType::unused));
   EXPECT_TRUE(v.scores.empty());
   fs::remove_all(dir);
 }
@@ -183,7 +183,7 @@ TEST(Vocab, MangledSentencepieceNeverCrashes) {
     }
     std::string path = write_temp("mangled", bad);
     try {
-      read_sentencepiece_vocab(path);
+      spm_vocab_from_file(path);
     } catch (const Error&) {
       ++errors;
     }

@@ -1,11 +1,27 @@
 // tailor: measure, plan and write tailor-made quantized GGUF models.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <unistd.h>
 
 #include "commands.h"
 #include "tailor/util/error.h"
 
+namespace {
+
+// The GEMM library's OpenMP threads spin while idle by default; on a busy
+// 2-core machine that makes two threads slower than one. OpenMP reads the
+// policy when the library loads, before main, so set it and start again.
+void ensure_passive_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: carry on as we are
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  ensure_passive_openmp(argv);
   CLI::App app{"Tailor: per-tensor quantization for llama.cpp models", "tailor"};
   app.set_version_flag("--version", std::string("tailor ") + TAILOR_VERSION);
   app.require_subcommand(1);

@@ -7,12 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "tailor/tokenizer/tokenizer.h"
+
 namespace tailor {
 
 struct ModelConfig;
-
-// llama.cpp's token types (same numbering as sentencepiece's).
-enum class TokenType : int32_t { Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 };
 
 struct Vocab {
   std::string model;  // "llama", "gpt2", or "none" when the folder has no tokenizer
@@ -25,11 +24,10 @@ struct Vocab {
   std::optional<bool> add_bos, add_eos, add_space_prefix;
 };
 
-// Parses a sentencepiece model (protobuf) file. Throws Error naming the file
-// when it is not a well-formed sentencepiece model.
-Vocab read_sentencepiece_vocab(const std::string& path);
-// Parses a Hugging Face tokenizer.json with a byte-level BPE model.
-Vocab read_bpe_vocab(const std::string& tokenizer_json, const std::string& family_hint = "");
+// The tokenizer files as GGUF arrays, read by the tokenizer module's parsers
+// (which also tokenize with them, so what we write is what we can run).
+Vocab spm_vocab_from_file(const std::string& tokenizer_model);
+Vocab bpe_vocab_from_file(const std::string& tokenizer_json, const std::string& family_hint = "");
 
 // Loads the folder's tokenizer (tokenizer.model preferred, as llama.cpp's
 // converter does, else tokenizer.json), pads it to the model's vocab size,
