@@ -25,9 +25,14 @@ enum class GgufType : uint32_t {
 const char* gguf_type_name(GgufType t);
 
 // Limits that keep a hostile file from exhausting the stack or memory.
-inline constexpr int kGgufMaxArrayDepth = 16;             // arrays nested in arrays
-inline constexpr uint64_t kGgufMaxValues = uint64_t{1} << 24;  // array elements, whole file
-inline constexpr uint32_t kGgufMaxDims = 4;               // ggml's GGML_MAX_DIMS
+inline constexpr int kGgufMaxArrayDepth = 16;  // arrays nested in arrays
+// Array elements in all metadata: 8x the largest real tokenizers (~1M tokens,
+// scores, types and merges), and a bound on memory (~100 bytes per element).
+inline constexpr uint64_t kGgufMaxValues = uint64_t{1} << 23;
+// llama.cpp refuses longer tensor names (GGML_MAX_NAME is 64 with the NUL); the
+// reader accepts them, the writer does not.
+inline constexpr size_t kGgufMaxNameBytes = 63;
+inline constexpr uint32_t kGgufMaxDims = 4;  // ggml's GGML_MAX_DIMS
 
 // One metadata value. Scalars keep their exact GGUF type so a file round-trips.
 struct GgufValue {
