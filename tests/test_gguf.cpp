@@ -500,12 +500,18 @@ TEST(GgufHostile, DuplicateTensorName) {
   expect_parse_error(img, "duplicate tensor 'w'");
 }
 
-TEST(GgufHostile, BadDimensionCounts) {
-  Bytes zero, five;
-  zero.header(1, 0).tensor("w", {}, 0, 0).pad(32);
+TEST(GgufHostile, TooManyDimensions) {
+  Bytes five;
   five.header(1, 0).tensor("w", {1, 1, 1, 1, 1}, 0, 0).pad(32);
-  expect_parse_error(zero, "tensor 'w' has 0 dimensions");
-  expect_parse_error(five, "tensor 'w' has 5 dimensions");
+  expect_parse_error(five, "tensor 'w' has 5 dimensions (at most 4)");
+}
+
+TEST(Gguf, ScalarTensorReadsAsOneElement) {
+  Bytes img;
+  img.header(1, 0).tensor("s", {}, 0, 0).pad(32).data(pattern(4, 9)).pad(32);
+  GgufFile g = GgufFile::parse("scalar.gguf", img.b.data(), img.b.size());
+  EXPECT_EQ(g.tensors()[0].ne, (std::vector<int64_t>{1}));
+  EXPECT_EQ(g.tensors()[0].nbytes, 4u);
 }
 
 TEST(GgufHostile, NegativeDimension) {

@@ -503,9 +503,12 @@ GgufFile GgufFile::parse(std::string_view name, const uint8_t* data, size_t size
     std::string what = fmt::format("tensor '{}'", escape_text(t.name, 128));
     if (g.tensor_index_.count(t.name) != 0) fail("{}: duplicate {}", file, what);
     uint32_t n_dims = r.read<uint32_t>(what);
-    if (n_dims == 0 || n_dims > kGgufMaxDims)
-      fail("{}: {} has {} dimensions (must be 1 to {})", file, what, n_dims, kGgufMaxDims);
+    if (n_dims > kGgufMaxDims)
+      fail("{}: {} has {} dimensions (at most {})", file, what, n_dims, kGgufMaxDims);
     for (uint32_t d = 0; d < n_dims; ++d) t.ne.push_back(r.read<int64_t>(what));
+    // A scalar (0 dimensions, as gguf-py writes a 0-d array) is read as [1],
+    // as ggml does, so that every reader can rely on ne[0].
+    if (t.ne.empty()) t.ne.push_back(1);
     auto numel = checked_numel(t.ne);
     if (!numel)
       fail("{}: {} has shape {}: negative or overflowing int64", file, what, shape_text(t.ne));

@@ -137,7 +137,9 @@ class GgufWriter {
   void write_tensor_data(const void* data, size_t nbytes);
   // The tensor whose data write_tensor_data() expects next (Error when all are written).
   const GgufTensorInfo& next_tensor() const;
-  // Writes any remaining header, pads, syncs and renames into place.
+  // Writes any remaining header, pads the data section to the alignment, syncs
+  // and renames into place. A file without tensors has no data section and
+  // no padding (as vocab-only files are written), so those copy exactly too.
   void finish();
 
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
@@ -160,7 +162,9 @@ class GgufWriter {
 };
 
 // Copies a GGUF file through GgufWriter (metadata, tensor infos and offsets, data).
-// Used to prove byte-for-byte round-tripping.
+// Used to prove byte-for-byte round-tripping: the copy is identical whenever the
+// source's padding is zeros and its data section ends padded to the alignment
+// (as ggml and gguf-py write it).
 void copy_gguf(const GgufFile& in, const std::string& out_path);
 
 }  // namespace tailor
