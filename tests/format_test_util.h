@@ -16,11 +16,20 @@
 
 namespace tailor::test {
 
-// A per-process scratch folder under the system temp dir.
+// The per-process scratch folder under the system temp dir, removed at exit
+// (one per test program: the first prefix asked for names it).
 inline std::filesystem::path scratch_dir(const std::string& prefix) {
-  auto d = std::filesystem::temp_directory_path() / (prefix + "_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(d);
-  return d;
+  struct Owned {
+    std::filesystem::path dir;
+    ~Owned() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  };
+  static Owned owned{std::filesystem::temp_directory_path() /
+                     (prefix + "_" + std::to_string(::getpid()))};
+  std::filesystem::create_directories(owned.dir);
+  return owned.dir;
 }
 
 inline std::vector<uint8_t> read_bytes(const std::filesystem::path& p) {

@@ -284,6 +284,17 @@ TEST(Gguf, HandBuiltFileWithReversedDataOrderRoundTrips) {
   EXPECT_EQ(read_bytes(b), img.b);
 }
 
+// An empty tensor may share its offset with a tensor that has data (found by
+// fuzzing: the copy once tried to seek backwards and wrote without end).
+TEST(Gguf, EmptyTensorSharingAnOffsetCopies) {
+  Bytes img;
+  img.header(2, 0).tensor("w", {8}, 0, 0).tensor("e", {0}, 8, 0).pad(32).data(pattern(32, 4));
+  GgufFile g = GgufFile::parse("empty_shared.gguf", img.b.data(), img.b.size());
+  fs::path b = temp_dir() / "empty_shared_copy.gguf";
+  copy_gguf(g, b.string());
+  EXPECT_EQ(read_bytes(b), img.b);
+}
+
 TEST(Gguf, ReadsVersion2AndWritesIt) {
   Bytes img;
   img.header(1, 1, 2).kv_u32("k", 5).tensor("t", {4}, 0, 0).pad(32).data(pattern(16, 3)).pad(32);
@@ -322,6 +333,8 @@ TEST(Gguf, WriterRefusesBadInput) {
   w.add_tensor("a", {4}, GgmlType::F32);
   expect_error([&] { w.add_tensor("a", {4}, GgmlType::F32); }, p.string(), "duplicate tensor 'a'");
   expect_error([&] { w.add_tensor("big", {INT64_MAX, 2}, GgmlType::F32); }, p.string(), "overflowing int64");
+  expect_error([&] { w.add_tensor(std::string(64, 'n'), {4}, GgmlType::F32); }, p.string(),
+               "is longer than 63 bytes");
   expect_error([&] { w.finish(); }, p.string(), "1 of 1 tensors unwritten");
 }
 
@@ -397,6 +410,18 @@ TEST(GgufHostile, AbsurdArrayLength) {
   img.header(0, 1).str("tokenizer.ggml.scores").put<uint32_t>(9).put<uint32_t>(6).put<uint64_t>(uint64_t{1} << 40);
   img.data(pattern(64, 0));
   expect_parse_error(img, "key 'tokenizer.ggml.scores': array of 1099511627776 float32 values cannot fit");
+}
+
+TEST(GgufHostile, TooManyArrayValuesInAll) {
+  // Each array fits the file, but together they pass the whole-file bound.
+  const uint64_t half = kGgufMaxValues / 2 + 1;
+  Bytes img;
+  img.header(0, 2);
+  for (const char* key : {"a", "b"}) {
+    img.str(key).put<uint32_t>(9).put<uint32_t>(0).put<uint64_t>(half);
+    img.b.resize(img.b.size() + half, 0);
+  }
+  expect_parse_error(img, "key 'b': metadata holds more than 8388608 array values in all");
 }
 
 TEST(GgufHostile, StringLengthPastEnd) {
@@ -475,12 +500,18 @@ TEST(GgufHostile, DuplicateTensorName) {
   expect_parse_error(img, "duplicate tensor 'w'");
 }
 
-TEST(GgufHostile, BadDimensionCounts) {
-  Bytes zero, five;
-  zero.header(1, 0).tensor("w", {}, 0, 0).pad(32);
+TEST(GgufHostile, TooManyDimensions) {
+  Bytes five;
   five.header(1, 0).tensor("w", {1, 1, 1, 1, 1}, 0, 0).pad(32);
-  expect_parse_error(zero, "tensor 'w' has 0 dimensions");
-  expect_parse_error(five, "tensor 'w' has 5 dimensions");
+  expect_parse_error(five, "tensor 'w' has 5 dimensions (at most 4)");
+}
+
+TEST(Gguf, ScalarTensorReadsAsOneElement) {
+  Bytes img;
+  img.header(1, 0).tensor("s", {}, 0, 0).pad(32).data(pattern(4, 9)).pad(32);
+  GgufFile g = GgufFile::parse("scalar.gguf", img.b.data(), img.b.size());
+  EXPECT_EQ(g.tensors()[0].ne, (std::vector<int64_t>{1}));
+  EXPECT_EQ(g.tensors()[0].nbytes, 4u);
 }
 
 TEST(GgufHostile, NegativeDimension) {

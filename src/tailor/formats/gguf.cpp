@@ -503,9 +503,12 @@ GgufFile GgufFile::parse(std::string_view name, const uint8_t* data, size_t size
     std::string what = fmt::format("tensor '{}'", escape_text(t.name, 128));
     if (g.tensor_index_.count(t.name) != 0) fail("{}: duplicate {}", file, what);
     uint32_t n_dims = r.read<uint32_t>(what);
-    if (n_dims == 0 || n_dims > kGgufMaxDims)
-      fail("{}: {} has {} dimensions (must be 1 to {})", file, what, n_dims, kGgufMaxDims);
+    if (n_dims > kGgufMaxDims)
+      fail("{}: {} has {} dimensions (at most {})", file, what, n_dims, kGgufMaxDims);
     for (uint32_t d = 0; d < n_dims; ++d) t.ne.push_back(r.read<int64_t>(what));
+    // A scalar (0 dimensions, as gguf-py writes a 0-d array) is read as [1],
+    // as ggml does, so that every reader can rely on ne[0].
+    if (t.ne.empty()) t.ne.push_back(1);
     auto numel = checked_numel(t.ne);
     if (!numel)
       fail("{}: {} has shape {}: negative or overflowing int64", file, what, shape_text(t.ne));
@@ -606,6 +609,9 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
                             std::optional<uint64_t> offset) {
   if (header_written_) fail("{}: cannot add tensor '{}' after the header was written", path_, name);
   check_name(path_, "tensor name", name);
+  if (name.size() > kGgufMaxNameBytes)
+    fail("{}: tensor name '{}' is longer than {} bytes, which llama.cpp cannot load", path_, name,
+         kGgufMaxNameBytes);
   if (tensor_index_.count(name) != 0) fail("{}: duplicate tensor '{}'", path_, name);
   if (ne.empty() || ne.size() > kGgufMaxDims)
     fail("{}: tensor '{}' has {} dimensions (must be 1 to {})", path_, name, ne.size(), kGgufMaxDims);
@@ -706,8 +712,14 @@ void GgufWriter::write_tensor_data(const void* data, size_t nbytes) {
   if (nbytes != t.nbytes)
     fail("{}: tensor '{}' needs {} bytes of data, got {}", path_, t.name, t.nbytes, nbytes);
   uint64_t target = data_start_ + t.offset;
-  out_->write_zeros(static_cast<size_t>(target - out_->position()));
-  out_->write(data, nbytes);
+  if (nbytes > 0) {
+    // write_header() proved that tensors with data do not overlap, so the
+    // target is never behind; an empty tensor may sit anywhere and writes nothing.
+    if (target < out_->position())
+      fail("{}: tensor '{}' at offset {} lies behind data already written", path_, t.name, t.offset);
+    out_->write_zeros(static_cast<size_t>(target - out_->position()));
+    out_->write(data, nbytes);
+  }
   ++next_tensor_;
 }
 

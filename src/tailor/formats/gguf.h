@@ -25,9 +25,14 @@ enum class GgufType : uint32_t {
 const char* gguf_type_name(GgufType t);
 
 // Limits that keep a hostile file from exhausting the stack or memory.
-inline constexpr int kGgufMaxArrayDepth = 16;             // arrays nested in arrays
-inline constexpr uint64_t kGgufMaxValues = uint64_t{1} << 24;  // array elements, whole file
-inline constexpr uint32_t kGgufMaxDims = 4;               // ggml's GGML_MAX_DIMS
+inline constexpr int kGgufMaxArrayDepth = 16;  // arrays nested in arrays
+// Array elements in all metadata: 8x the largest real tokenizers (~1M tokens,
+// scores, types and merges), and a bound on memory (~100 bytes per element).
+inline constexpr uint64_t kGgufMaxValues = uint64_t{1} << 23;
+// llama.cpp refuses longer tensor names (GGML_MAX_NAME is 64 with the NUL); the
+// reader accepts them, the writer does not.
+inline constexpr size_t kGgufMaxNameBytes = 63;
+inline constexpr uint32_t kGgufMaxDims = 4;  // ggml's GGML_MAX_DIMS
 
 // One metadata value. Scalars keep their exact GGUF type so a file round-trips.
 struct GgufValue {
@@ -132,7 +137,9 @@ class GgufWriter {
   void write_tensor_data(const void* data, size_t nbytes);
   // The tensor whose data write_tensor_data() expects next (Error when all are written).
   const GgufTensorInfo& next_tensor() const;
-  // Writes any remaining header, pads, syncs and renames into place.
+  // Writes any remaining header, pads the data section to the alignment, syncs
+  // and renames into place. A file without tensors has no data section and
+  // no padding (as vocab-only files are written), so those copy exactly too.
   void finish();
 
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
@@ -155,7 +162,9 @@ class GgufWriter {
 };
 
 // Copies a GGUF file through GgufWriter (metadata, tensor infos and offsets, data).
-// Used to prove byte-for-byte round-tripping.
+// Used to prove byte-for-byte round-tripping: the copy is identical whenever the
+// source's padding is zeros and its data section ends padded to the alignment
+// (as ggml and gguf-py write it).
 void copy_gguf(const GgufFile& in, const std::string& out_path);
 
 }  // namespace tailor
