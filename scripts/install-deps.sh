@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(build-essential cmake pkg-config git nodejs npm clang libclang-rt-14-dev
+PKGS=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libfmt-dev
       libsentencepiece-dev libzstd-dev libxxhash-dev libyaml-cpp-dev libsqlite3-dev
       libopenblas-dev libdnnl-dev libpcre2-dev libspdlog-dev libcpp-httplib-dev
@@ -14,6 +14,9 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js may come from outside Debian (this image ships its own); only ask apt when absent.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "installing: ${missing[*]}"
