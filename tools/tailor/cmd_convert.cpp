@@ -1,11 +1,98 @@
+// tailor convert <hf-folder> -o out.gguf --type T: a Hugging Face checkpoint
+// to a GGUF file llama.cpp loads, every large matrix in one type.
+#include <chrono>
+#include <cstdio>
+#include <map>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
 #include "commands.h"
+#include "tailor/convert/convert.h"
 #include "tailor/util/error.h"
 
 namespace tailor::cli {
+namespace {
+
+struct ConvertArgs {
+  std::string input, output, type = "F16", name;
+  int threads = 0;
+  bool json = false, quiet = false;
+};
+
+void run_convert(const ConvertArgs& a) {
+  const TypeInfo* t = find_type(a.type);
+  if (!t) fail("convert: unknown type '{}' (e.g. F32, F16, BF16, Q8_0, Q6_K, Q4_K)", a.type);
+  ConvertOptions o;
+  o.input = a.input;
+  o.output = a.output;
+  o.type = t->type;
+  o.threads = a.threads;
+  o.name = a.name;
+  // The progress line rewrites itself, so only a terminal gets it.
+  const bool progress = !a.quiet && !a.json && isatty(fileno(stderr));
+  o.on_tensor = [&](const ConvertedTensor& ct, size_t i, size_t total) {
+    if (!progress) return;
+    std::fprintf(stderr, "\r[%3zu/%3zu] %-32s %-6s%s\x1b[K", i + 1, total, ct.name.c_str(),
+                 std::string(type_name(ct.type)).c_str(), ct.fell_back ? " (fallback)" : "");
+    if (i + 1 == total) std::fputc('\n', stderr);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  ConvertResult r = convert_hf_to_gguf(o);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::map<std::string, int> by_type;
+  for (const auto& ct : r.tensors) ++by_type[std::string(type_name(ct.type))];
+  if (a.json) {
+    nlohmann::json j;
+    j["output"] = a.output;
+    j["architecture"] = r.arch;
+    j["type"] = std::string(t->name);
+    j["tokenizer"] = r.vocab_model;
+    j["tensor_count"] = r.tensors.size();
+    j["parameters"] = r.params;
+    j["file_size"] = r.file_size;
+    j["bits_per_weight"] = r.params ? 8.0 * static_cast<double>(r.file_size) / static_cast<double>(r.params) : 0.0;
+    j["fallbacks"] = r.fallbacks;
+    j["seconds"] = secs;
+    j["tensor_types"] = by_type;
+    nlohmann::json ts = nlohmann::json::array();
+    for (const auto& ct : r.tensors)
+      ts.push_back({{"name", ct.name}, {"ne", ct.ne}, {"type", std::string(type_name(ct.type))},
+                    {"bytes", ct.nbytes}, {"fallback", ct.fell_back}});
+    j["tensors"] = ts;
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  if (a.quiet) return;
+  std::string types;
+  for (const auto& [k, v] : by_type) types += fmt::format("{}{} x{}", types.empty() ? "" : ", ", k, v);
+  std::printf("wrote %s: %s, %zu tensors (%s), %.1f M parameters, %.2f MiB, %.1f s\n",
+              a.output.c_str(), r.arch.c_str(), r.tensors.size(), types.c_str(),
+              static_cast<double>(r.params) / 1e6, static_cast<double>(r.file_size) / (1024.0 * 1024.0), secs);
+  if (r.fallbacks)
+    std::printf("%d tensor(s) used a fallback type: their rows do not fit %s blocks\n", r.fallbacks,
+                std::string(t->name).c_str());
+}
+
+}  // namespace
 
 void register_convert(CLI::App& app) {
-  auto* cmd = app.add_subcommand("convert", "(not written yet)");
-  cmd->callback([] { fail("convert: not implemented yet"); });
+  auto args = std::make_shared<ConvertArgs>();
+  auto* cmd = app.add_subcommand("convert", "Convert a Hugging Face model folder to GGUF");
+  cmd->add_option("input", args->input, "Hugging Face model folder (config.json, *.safetensors, tokenizer)")
+      ->required();
+  cmd->add_option("-o,--output", args->output, "Output .gguf file (written atomically)")->required();
+  cmd->add_option("-t,--type", args->type,
+                  "Type of the large matrices: F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K, Q5_0, Q4_0, ...")
+      ->capture_default_str();
+  cmd->add_option("--name", args->name, "general.name (default: the folder name)");
+  cmd->add_option("-j,--threads", args->threads, "Threads for quantization (0 = all cores)")
+      ->capture_default_str();
+  cmd->add_flag("--json", args->json, "Print a JSON summary on stdout");
+  cmd->add_flag("-q,--quiet", args->quiet, "No progress or summary");
+  cmd->callback([args] { run_convert(*args); });
 }
 
 }  // namespace tailor::cli

@@ -1,0 +1,305 @@
+#include "tailor/convert/convert.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <optional>
+
+#include "tailor/convert/vocab.h"
+#include "tailor/formats/gguf.h"
+#include "tailor/formats/safetensors.h"
+#include "tailor/model/config.h"
+#include "tailor/model/gguf_names.h"
+#include "tailor/quant/codec.h"
+#include "tailor/util/error.h"
+
+namespace tailor {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+
+GgmlType fallback_for(GgmlType t) {
+  switch (t) {
+    case GgmlType::IQ1_S: case GgmlType::IQ1_M: case GgmlType::IQ2_XXS: case GgmlType::IQ2_XS:
+    case GgmlType::IQ2_S: case GgmlType::IQ3_XXS: case GgmlType::IQ3_S: case GgmlType::IQ4_XS:
+      return GgmlType::IQ4_NL;
+    case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::TQ1_0: case GgmlType::TQ2_0:
+      return GgmlType::Q4_0;
+    case GgmlType::Q4_K: return GgmlType::Q5_0;
+    case GgmlType::Q5_K: return GgmlType::Q5_1;
+    case GgmlType::Q6_K: return GgmlType::Q8_0;
+    default: return t;  // already a 32-element block type: only F16 is left
+  }
+}
+
+// One output tensor and where its data comes from.
+struct Planned {
+  std::string name;
+  std::vector<int64_t> ne;
+  GgmlType type = GgmlType::F32;
+  bool fell_back = false;
+  int64_t layer = -1;
+  size_t order = 0;                        // position among the checkpoint's tensors
+  std::vector<const StTensor*> sources;    // one, or one per expert in expert order
+  QkPermute permute = QkPermute::None;
+  std::vector<float> generated;            // rope_freqs
+};
+
+int rank_of(const Planned& p) {
+  if (p.name == "token_embd.weight") return 0;
+  if (p.name == "rope_freqs.weight") return 1;
+  if (p.layer >= 0) return 2;
+  if (p.name == "output_norm.weight") return 3;
+  return 4;
+}
+
+std::vector<int64_t> ggml_shape(const std::vector<int64_t>& st_shape) {
+  return std::vector<int64_t>(st_shape.rbegin(), st_shape.rend());
+}
+
+GgufValue to_gguf(const HParam& h) {
+  switch (h.kind) {
+    case HParam::U32: return GgufValue::u32(h.u);
+    case HParam::F32: return GgufValue::f32(h.f);
+    case HParam::Str: return GgufValue::str(h.s);
+    case HParam::Bool: return GgufValue::boolean(h.b);
+  }
+  return GgufValue::u32(0);
+}
+
+void set_vocab(GgufWriter& w, const Vocab& v) {
+  w.set("tokenizer.ggml.model", GgufValue::str(v.model));
+  if (v.model == "none") return;
+  w.set("tokenizer.ggml.pre", GgufValue::str(v.pre));
+  w.set("tokenizer.ggml.tokens", GgufValue::strings(v.tokens));
+  if (!v.scores.empty()) w.set("tokenizer.ggml.scores", GgufValue::floats(v.scores));
+  w.set("tokenizer.ggml.token_type", GgufValue::i32s(v.token_types));
+  // llama.cpp refuses a BPE vocabulary without the merges key, even an empty one.
+  if (v.model == "gpt2") w.set("tokenizer.ggml.merges", GgufValue::strings(v.merges));
+  auto id = [&](const char* key, const std::optional<int64_t>& x) {
+    if (x) w.set(key, GgufValue::u32(static_cast<uint32_t>(*x)));
+  };
+  id("tokenizer.ggml.bos_token_id", v.bos);
+  id("tokenizer.ggml.eos_token_id", v.eos);
+  id("tokenizer.ggml.unknown_token_id", v.unk);
+  id("tokenizer.ggml.padding_token_id", v.pad);
+  auto flag = [&](const char* key, const std::optional<bool>& x) {
+    if (x) w.set(key, GgufValue::boolean(*x));
+  };
+  flag("tokenizer.ggml.add_bos_token", v.add_bos);
+  flag("tokenizer.ggml.add_eos_token", v.add_eos);
+  flag("tokenizer.ggml.add_space_prefix", v.add_space_prefix);
+}
+
+std::vector<Planned> plan_tensors(const Safetensors& st, const ModelConfig& c, GgmlType requested) {
+  std::vector<Planned> plan;
+  std::map<std::string, size_t> merged;  // GGUF name -> index in plan
+  const auto& all = st.tensors();
+  for (size_t i = 0; i < all.size(); ++i) {
+    const StTensor& t = all[i];
+    if (is_ignored_hf_tensor(t.name)) continue;
+    auto m = map_hf_tensor(t.name, c);
+    if (!m) fail("{}: tensor '{}' is not part of a {} model with {} layers{}", t.file, t.name,
+                 family_name(c.family), c.num_layers,
+                 c.is_moe() ? fmt::format(" and {} experts", c.num_experts) : "");
+    if (t.shape.empty() || t.shape.size() > 2)
+      fail("{}: tensor '{}' has {} dimensions; expected 1 or 2", t.file, t.name, t.shape.size());
+    if (m->expert >= 0) {
+      auto [it, fresh] = merged.try_emplace(m->name, plan.size());
+      if (fresh) {
+        Planned p;
+        p.name = m->name;
+        p.layer = m->layer;
+        p.order = i;
+        p.sources.assign(static_cast<size_t>(c.num_experts), nullptr);
+        p.ne = ggml_shape(t.shape);
+        p.ne.push_back(c.num_experts);
+        plan.push_back(std::move(p));
+      }
+      Planned& p = plan[it->second];
+      if (p.sources[m->expert] != nullptr) fail("{}: tensor '{}' appears twice", t.file, t.name);
+      if (ggml_shape(t.shape) != std::vector<int64_t>(p.ne.begin(), p.ne.end() - 1))
+        fail("{}: expert tensor '{}' has a different shape from the other experts of its layer",
+             t.file, t.name);
+      p.sources[m->expert] = &t;
+      continue;
+    }
+    if (merged.count(m->name)) fail("{}: tensor '{}' appears twice", t.file, t.name);
+    merged[m->name] = plan.size();
+    Planned p;
+    p.name = m->name;
+    p.layer = m->layer;
+    p.order = i;
+    p.sources = {&t};
+    p.permute = m->permute;
+    p.ne = ggml_shape(t.shape);
+    // The shared-expert gate is one row; llama.cpp expects it as a vector.
+    if (p.ne.size() == 2 && p.ne[1] == 1 && p.name.ends_with("ffn_gate_inp_shexp.weight")) p.ne.pop_back();
+    if (p.permute != QkPermute::None) {
+      const int64_t heads = p.permute == QkPermute::Q ? c.num_heads : c.num_kv_heads;
+      const int64_t rows = p.ne.size() == 2 ? p.ne[1] : p.ne[0];
+      if (rows != heads * c.head_dim)
+        fail("{}: tensor '{}' has {} rows; expected {} heads x {} = {}", t.file, t.name, rows, heads,
+             c.head_dim, heads * c.head_dim);
+    }
+    plan.push_back(std::move(p));
+  }
+  for (const Planned& p : plan)
+    for (size_t e = 0; e < p.sources.size(); ++e)
+      if (!p.sources[e])
+        fail("{}: expert {} of '{}' is missing from the checkpoint", st.tensors().front().file, e, p.name);
+
+  // The tensors every block needs; a checkpoint without them is not this model.
+  auto need = [&](const std::string& n) {
+    if (!merged.count(n)) fail("{}: the checkpoint has no tensor for '{}' (HF '{}')",
+                               st.tensors().empty() ? std::string("safetensors") : st.tensors().front().file,
+                               n, gguf_to_hf_name(n, c).value_or("?"));
+  };
+  need("token_embd.weight");
+  need("output_norm.weight");
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    for (const char* s : {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"})
+      need(fmt::format("blk.{}.{}.weight", l, s));
+
+  if (auto freqs = llama3_rope_factors(c); !freqs.empty()) {
+    Planned p;
+    p.name = "rope_freqs.weight";
+    p.ne = {static_cast<int64_t>(freqs.size())};
+    p.generated = std::move(freqs);
+    plan.push_back(std::move(p));
+  }
+  const bool tied = !merged.count("output.weight");
+  for (Planned& p : plan) p.type = choose_tensor_type(p.name, p.ne, requested, tied, &p.fell_back);
+  std::stable_sort(plan.begin(), plan.end(), [](const Planned& a, const Planned& b) {
+    int ra = rank_of(a), rb = rank_of(b);
+    if (ra != rb) return ra < rb;
+    if (a.layer != b.layer) return a.layer < b.layer;
+    return a.order < b.order;
+  });
+  return plan;
+}
+
+}  // namespace
+
+GgmlType choose_tensor_type(const std::string& name, const std::vector<int64_t>& ne, GgmlType requested,
+                            bool tied_embeddings, bool* fell_back) {
+  if (fell_back) *fell_back = false;
+  if (ne.size() < 2 || name.ends_with("_norm.weight") || name.ends_with("ffn_gate_inp.weight"))
+    return GgmlType::F32;
+  if (is_float_type(requested)) return requested;
+  GgmlType t = requested;
+  const int64_t ncols = ne[0];
+  const bool is_output = name == "output.weight" || (tied_embeddings && name == "token_embd.weight");
+  if (is_output && t != GgmlType::Q8_0)
+    t = row_fits(t, ncols) ? GgmlType::Q6_K : GgmlType::Q8_0;
+  if (!row_fits(t, ncols)) {
+    if (fell_back) *fell_back = true;
+    t = fallback_for(t);
+    if (!row_fits(t, ncols)) t = GgmlType::F16;
+  }
+  return t;
+}
+
+uint32_t llama_file_type(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return 0;
+    case GgmlType::F16: return 1;
+    case GgmlType::Q4_0: return 2;
+    case GgmlType::Q4_1: return 3;
+    case GgmlType::Q8_0: return 7;
+    case GgmlType::Q5_0: return 8;
+    case GgmlType::Q5_1: return 9;
+    case GgmlType::Q2_K: return 10;
+    case GgmlType::Q3_K: return 11;
+    case GgmlType::Q4_K: return 14;
+    case GgmlType::Q5_K: return 16;
+    case GgmlType::Q6_K: return 18;
+    case GgmlType::IQ2_XXS: return 19;
+    case GgmlType::IQ2_XS: return 20;
+    case GgmlType::IQ3_XXS: return 23;
+    case GgmlType::IQ1_S: return 24;
+    case GgmlType::IQ4_NL: return 25;
+    case GgmlType::IQ3_S: return 26;
+    case GgmlType::IQ2_S: return 28;
+    case GgmlType::IQ4_XS: return 30;
+    case GgmlType::IQ1_M: return 31;
+    case GgmlType::BF16: return 32;
+    case GgmlType::TQ1_0: return 36;
+    case GgmlType::TQ2_0: return 37;
+    default: return 1024;  // LLAMA_FTYPE_GUESSED
+  }
+}
+
+ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
+  const TypeInfo& req = type_info(opts.type);
+  if (!req.can_quantize) fail("convert: Tailor cannot write type {} yet", req.name);
+  if (req.requires_imatrix)
+    fail("convert: type {} needs an importance matrix, which plain conversion does not have", req.name);
+  if (!fs::is_directory(opts.input)) fail("{}: not a folder (expected a Hugging Face model folder)", opts.input);
+
+  const ModelConfig c = load_model_config(opts.input);
+  const Safetensors st = Safetensors::open(opts.input);
+  if (st.tensors().empty()) fail("{}: the checkpoint holds no tensors", opts.input);
+  const Vocab vocab = load_vocab(opts.input, c);
+  std::vector<Planned> plan = plan_tensors(st, c, opts.type);
+  if (plan.front().ne.size() != 2 || plan.front().ne[0] != c.hidden_size || plan.front().ne[1] != c.vocab_size)
+    fail("{}: token embedding is {}x{}, config.json says vocab {} x hidden {}", opts.input,
+         plan.front().ne.size() == 2 ? plan.front().ne[1] : 0, plan.front().ne[0], c.vocab_size, c.hidden_size);
+
+  ConvertResult res;
+  res.arch = gguf_arch_name(c.family);
+  res.vocab_model = vocab.model;
+
+  GgufWriter w(opts.output);
+  std::string name = opts.name.empty() ? fs::path(opts.input).lexically_normal().filename().string() : opts.name;
+  if (name.empty()) name = fs::absolute(opts.input).parent_path().filename().string();
+  w.set("general.architecture", GgufValue::str(res.arch));
+  w.set("general.name", GgufValue::str(name));
+  for (const HParam& h : gguf_hparams(c)) w.set(h.key, to_gguf(h));
+  w.set("general.file_type", GgufValue::u32(llama_file_type(opts.type)));
+  w.set("general.quantization_version", GgufValue::u32(2));
+  set_vocab(w, vocab);
+  for (const Planned& p : plan) w.add_tensor(p.name, p.ne, p.type);
+
+  std::vector<float> f32;
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const Planned& p = plan[i];
+    int64_t numel = 1;
+    for (int64_t d : p.ne) numel *= d;
+    const int64_t cols = p.ne[0], rows = numel / cols;
+    f32.resize(static_cast<size_t>(numel));
+    if (!p.generated.empty()) {
+      std::copy(p.generated.begin(), p.generated.end(), f32.begin());
+    } else {
+      int64_t at = 0;
+      for (const StTensor* s : p.sources) {
+        Safetensors::to_f32(*s, f32.data() + at);
+        at += s->numel();
+      }
+    }
+    if (p.permute != QkPermute::None)
+      permute_qk_rows(f32.data(), rows, cols, p.permute == QkPermute::Q ? c.num_heads : c.num_kv_heads);
+    const size_t nbytes = row_size(p.type, cols) * static_cast<size_t>(rows);
+    if (p.type == GgmlType::F32) {
+      w.write_tensor_data(f32.data(), nbytes);
+    } else {
+      out.resize(nbytes);
+      quantize_rows(p.type, f32.data(), out.data(), rows, cols, nullptr, opts.threads);
+      w.write_tensor_data(out.data(), nbytes);
+    }
+    ConvertedTensor ct{p.name, p.ne, p.type, nbytes, p.fell_back};
+    res.params += static_cast<uint64_t>(numel);
+    res.fallbacks += p.fell_back ? 1 : 0;
+    if (opts.on_tensor) opts.on_tensor(ct, i, plan.size());
+    res.tensors.push_back(std::move(ct));
+  }
+  w.finish();
+  res.file_size = fs::file_size(opts.output);
+  return res;
+}
+
+}  // namespace tailor

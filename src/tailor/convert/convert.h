@@ -1,0 +1,54 @@
+// Hugging Face folder (config.json, safetensors, tokenizer) -> GGUF that
+// llama.cpp loads. Streams one output tensor at a time (a merged MoE expert
+// tensor holds one layer's experts), so peak memory is one tensor, not the model.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tailor/quant/types.h"
+
+namespace tailor {
+
+struct ConvertedTensor {
+  std::string name;          // GGUF name
+  std::vector<int64_t> ne;   // ggml order
+  GgmlType type = GgmlType::F32;
+  size_t nbytes = 0;
+  bool fell_back = false;    // the requested type did not fit the row length
+};
+
+struct ConvertOptions {
+  std::string input;                 // HF model folder
+  std::string output;                // .gguf path, written atomically
+  GgmlType type = GgmlType::F16;     // type of the large matrices
+  int threads = 0;                   // 0 = all cores
+  std::string name;                  // general.name; default: the folder's name
+  // Called after each tensor is written (index from 0, of `total`).
+  std::function<void(const ConvertedTensor&, size_t index, size_t total)> on_tensor;
+};
+
+struct ConvertResult {
+  std::string arch;         // GGUF architecture
+  std::string vocab_model;  // tokenizer.ggml.model
+  std::vector<ConvertedTensor> tensors;
+  uint64_t params = 0;
+  uint64_t file_size = 0;
+  int fallbacks = 0;
+};
+
+ConvertResult convert_hf_to_gguf(const ConvertOptions& opts);
+
+// The type a tensor gets when `requested` is asked for, following llama.cpp's
+// rules for a uniform conversion: 1-D tensors and the MoE router stay F32; for
+// quantized requests the output matrix (the token embedding when tied) gets
+// Q6_K unless Q8_0 was asked for; rows that do not fit a block fall back
+// (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, i-quants -> IQ4_NL, then F16).
+GgmlType choose_tensor_type(const std::string& gguf_name, const std::vector<int64_t>& ne,
+                            GgmlType requested, bool tied_embeddings, bool* fell_back = nullptr);
+
+// llama.cpp's general.file_type (llama_ftype) for a uniform conversion to `t`.
+uint32_t llama_file_type(GgmlType t);
+
+}  // namespace tailor

@@ -1,0 +1,187 @@
+// End-to-end checks of `tailor convert` against a real llama.cpp client.
+// Usage: node check.mjs --case NAME --tailor PATH --shared DIR --work DIR
+// Cases: llama30m-f32, llama30m-q8_0, moe26m-q8_0, llama30m-tensors, arch-<name> (an
+// arch-refs model). Prints one JSON line of figures; exits 1 on failure.
+import {execFileSync} from "node:child_process";
+import {mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from "node:fs";
+import {join} from "node:path";
+import {argmax, greedy, loadModel, positionLogits} from "./llama.mjs";
+import {readGgufHeader} from "./gguf_header.mjs";
+
+const args = {};
+for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, "")] = process.argv[i + 1];
+for (const k of ["case", "tailor", "shared", "work"]) {
+  if (!args[k]) { console.error(`missing --${k}`); process.exit(2); }
+}
+const models = join(args.shared, "models");
+mkdirSync(args.work, {recursive: true});
+
+const failures = [];
+const expect = (ok, what) => { if (!ok) failures.push(what); };
+
+function convert(folder, type, out) {
+  const json = execFileSync(args.tailor, ["convert", folder, "-o", out, "--type", type, "--json"],
+                            {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"]});
+  return JSON.parse(json);
+}
+
+const readJson = (p) => JSON.parse(readFileSync(p, "utf8"));
+const commonPrefix = (a, b) => { let n = 0; while (n < a.length && n < b.length && a[n] === b[n]) ++n; return n; };
+
+function logSoftmaxAt(row, tok) {
+  let m = -Infinity;
+  for (const v of row) if (v > m) m = v;
+  let s = 0;
+  for (const v of row) s += Math.exp(v - m);
+  return row[tok] - m - Math.log(s);
+}
+
+// Greedy continuation of the reference prompt and per-position argmax on the probe ids.
+async function trained(modelName, type) {
+  const dir = join(models, modelName);
+  const ref = readJson(join(dir, "reference.json"));
+  const out = join(args.work, `${modelName}-${type}.gguf`);
+  const summary = convert(dir, type, out);
+  const model = await loadModel(out);
+  const res = {case: args.case, file_size: summary.file_size, tensors: summary.tensor_count};
+  try {
+    const promptIds = [model.tokens.bos, ...model.tokenize(ref.greedy_prompt)];
+    const nPrompt = promptIds.length;
+    res.prompt_ids_match = JSON.stringify(promptIds) === JSON.stringify(ref.greedy_ids.slice(0, nPrompt));
+    const want = ref.greedy_ids.slice(nPrompt);
+    const got = await greedy(model, promptIds, want.length);
+    res.greedy_common_prefix = commonPrefix(got, want);
+    res.greedy_tokens = want.length;
+    res.greedy_text = model.detokenize(got);
+
+    const probe = ref.probe_token_ids;
+    const rows = await positionLogits(model, probe, ref.probe_logits_first4_positions[0].length);
+    res.probe_argmax_agree = rows.filter((r, i) => argmax(r) === ref.probe_argmax[i]).length;
+    res.probe_positions = probe.length;
+    let nll = 0;
+    for (let i = 0; i + 1 < probe.length; ++i) nll -= logSoftmaxAt(rows[i], probe[i + 1]);
+    res.probe_mean_nll = nll / (probe.length - 1);
+    let maxDiff = 0, maxRef = 0;
+    ref.probe_logits_first4_positions.forEach((refRow, i) => refRow.forEach((v, t) => {
+      maxDiff = Math.max(maxDiff, Math.abs(rows[i][t] - v));
+      maxRef = Math.max(maxRef, Math.abs(v));
+    }));
+    res.first4_max_abs_logit_diff = maxDiff;
+    res.first4_max_abs_logit = maxRef;
+
+    expect(res.prompt_ids_match, `prompt tokenized differently: ${JSON.stringify(promptIds)}`);
+    if (type === "F32") {
+      expect(res.greedy_common_prefix >= 20, `greedy continuation matches only ${res.greedy_common_prefix} tokens (< 20)`);
+      expect(res.probe_argmax_agree >= 60, `probe argmax agrees at ${res.probe_argmax_agree}/64 positions (< 60)`);
+      expect(maxDiff < 0.02 * maxRef, `first-4 logits differ by ${maxDiff} (max |logit| ${maxRef})`);
+    } else {
+      expect(res.greedy_common_prefix >= 8, `greedy continuation matches only ${res.greedy_common_prefix} tokens (< 8)`);
+      expect(res.probe_argmax_agree >= 54, `probe argmax agrees at ${res.probe_argmax_agree}/64 positions (< 54)`);
+      expect(maxDiff < 0.1 * maxRef, `first-4 logits differ by ${maxDiff} (max |logit| ${maxRef})`);
+    }
+    // Sanity, not precision: the probe text may be harder than the validation
+    // text, but a broken model lands near ln(vocab) = 9.
+    const nllBound = Math.log(ref.val_first64k_ctx512_all_positions_ppl_f32) + 1.5;
+    expect(res.probe_mean_nll < nllBound, `probe mean NLL ${res.probe_mean_nll} >= ${nllBound}: not a fluent model`);
+  } finally {
+    await model.dispose();
+    rmSync(out, {force: true});
+  }
+  return res;
+}
+
+// The arch-refs folders have no tokenizer, and node-llama-cpp needs one to
+// load a model, so the test converts a copy (links to the fixture files) with
+// a byte-level BPE tokenizer.json: the 256 byte tokens, then filler tokens up
+// to the vocabulary size, no merges. The reference input ids are fed directly.
+function withTokenizer(dir, nVocab) {
+  const copy = join(args.work, "model");
+  rmSync(copy, {recursive: true, force: true});
+  mkdirSync(copy, {recursive: true});
+  for (const f of ["config.json", "model.safetensors"]) symlinkSync(join(dir, f), join(copy, f));
+  const byteChars = [];
+  let extra = 0;
+  for (let b = 0; b < 256; ++b) {
+    const printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+    byteChars.push(String.fromCodePoint(printable ? b : 256 + extra++));
+  }
+  const vocab = {};
+  byteChars.forEach((c, i) => { vocab[c] = i; });
+  for (let i = 256; i < nVocab; ++i) vocab[`<tok${i}>`] = i;
+  writeFileSync(join(copy, "tokenizer.json"), JSON.stringify({
+    model: {type: "BPE", vocab, merges: []},
+    pre_tokenizer: {type: "ByteLevel", add_prefix_space: false},
+    added_tokens: [],
+  }));
+  return copy;
+}
+
+// Random-weight arch-refs models: llama.cpp's argmax per position against the reference logits.
+async function archRef(name) {
+  const dir = join(models, "arch-refs", name);
+  const ref = readJson(join(dir, "reference_logits.json"));
+  const out = join(args.work, `arch-${name}.gguf`);
+  const summary = convert(withTokenizer(dir, ref.logits[0].length), "F32", out);
+  const model = await loadModel(out);
+  const res = {case: args.case, arch: summary.architecture, tensors: summary.tensor_count};
+  try {
+    const nVocab = ref.logits[0].length;
+    const rows = await positionLogits(model, ref.input_ids, nVocab);
+    res.argmax_agree = rows.filter((r, i) => argmax(r) === argmax(ref.logits[i])).length;
+    res.positions = ref.input_ids.length;
+    let maxDiff = 0, maxRef = 0;
+    ref.logits.forEach((refRow, i) => refRow.forEach((v, t) => {
+      maxDiff = Math.max(maxDiff, Math.abs(rows[i][t] - v));
+      maxRef = Math.max(maxRef, Math.abs(v));
+    }));
+    res.max_abs_logit_diff = maxDiff;
+    res.max_rel_logit_diff = maxDiff / maxRef;
+    expect(res.argmax_agree >= Math.ceil(0.9 * res.positions),
+           `argmax agrees at ${res.argmax_agree}/${res.positions} positions (< 90%)`);
+    expect(res.max_rel_logit_diff < 0.02, `logits differ by ${res.max_rel_logit_diff} relative`);
+  } finally {
+    await model.dispose();
+    rmSync(out, {force: true});
+  }
+  return res;
+}
+
+// The F32 file of llama-30m holds exactly llama.cpp's 75 tensor names.
+function tensorNames() {
+  const out = join(args.work, "llama-30m-names.gguf");
+  execFileSync(args.tailor, ["convert", join(models, "llama-30m"), "-o", out, "--type", "F32", "-q"]);
+  const h = readGgufHeader(out);
+  rmSync(out, {force: true});
+  const want = new Set(["token_embd.weight", "output_norm.weight", "output.weight"]);
+  for (let l = 0; l < 8; ++l)
+    for (const t of ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"])
+      want.add(`blk.${l}.${t}.weight`);
+  const got = h.tensors.map((t) => t.name);
+  const res = {case: args.case, tensor_count: got.length, arch: h.kv["general.architecture"]};
+  expect(got.length === 75, `${got.length} tensors, expected 75`);
+  expect(new Set(got).size === got.length, "duplicate tensor names");
+  for (const n of got) expect(want.has(n), `unexpected tensor ${n}`);
+  expect(h.tensors.every((t) => t.type === 0), "not every tensor is F32");
+  const q = h.tensors.find((t) => t.name === "blk.0.attn_k.weight");
+  expect(q && q.ne[0] === 512 && q.ne[1] === 256, `blk.0.attn_k.weight has ne ${q && q.ne}`);
+  expect(h.kv["general.architecture"] === "llama", "general.architecture is not llama");
+  expect(h.kv["llama.block_count"] === 8, "llama.block_count is not 8");
+  expect(h.kv["tokenizer.ggml.model"] === "llama", "tokenizer.ggml.model is not llama");
+  expect(h.kv["tokenizer.ggml.tokens"]?.length === 8192, "token list is not 8192 long");
+  expect(h.kv["general.quantization_version"] === 2, "general.quantization_version is not 2");
+  return res;
+}
+
+let result;
+try {
+  if (args.case === "llama30m-f32") result = await trained("llama-30m", "F32");
+  else if (args.case === "llama30m-q8_0") result = await trained("llama-30m", "Q8_0");
+  else if (args.case === "moe26m-q8_0") result = await trained("moe-26m", "Q8_0");
+  else if (args.case === "llama30m-tensors") result = tensorNames();
+  else if (args.case.startsWith("arch-")) result = await archRef(args.case.slice(5));
+  else throw new Error(`unknown case ${args.case}`);
+} catch (e) {
+  failures.push(String(e.stderr ?? "") + String(e.stack ?? e));
+}
+console.log(JSON.stringify({...result, failures}));
+process.exit(failures.length ? 1 : 0);
