@@ -228,6 +228,13 @@ TEST(Convert, BadInputIsAClearErrorAndLeavesNoFile) {
   EXPECT_NE(e.find("model.layers.0.mlp.gate.weight"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(out));
 
+  // A tensor whose shape disagrees with config.json.
+  write_safetensors((d / "model.safetensors").string(),
+                    {{"model.norm.weight", "F32", {255}, w.data(), 255 * 4}});
+  e = convert_error(d.string(), out);
+  EXPECT_NE(e.find("model.norm.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("shape"), std::string::npos) << e;
+
   // A complete-looking checkpoint that lacks a block's tensors.
   write_safetensors((d / "model.safetensors").string(),
                     {{"model.embed_tokens.weight", "F32", {512, 256}, std::vector<float>(512 * 256).data(), 512 * 256 * 4}});

@@ -20,10 +20,10 @@ namespace fs = std::filesystem;
 
 static const std::string kModels = std::string(TAILOR_SHARED_DIR) + "/models";
 
-// Tensor names straight from the safetensors headers (8-byte length + JSON),
-// kept independent of the library's reader.
-static std::vector<std::string> hf_tensor_names(const std::string& dir) {
-  std::vector<std::string> names;
+// Tensor names and shapes straight from the safetensors headers (8-byte
+// length + JSON), kept independent of the library's reader.
+static std::map<std::string, std::vector<int64_t>> hf_tensor_shapes(const std::string& dir) {
+  std::map<std::string, std::vector<int64_t>> shapes;
   for (const auto& e : fs::directory_iterator(dir)) {
     if (e.path().extension() != ".safetensors") continue;
     std::ifstream in(e.path(), std::ios::binary);
@@ -33,8 +33,14 @@ static std::vector<std::string> hf_tensor_names(const std::string& dir) {
     in.read(header.data(), static_cast<std::streamsize>(n));
     auto j = nlohmann::json::parse(header);
     for (auto it = j.begin(); it != j.end(); ++it)
-      if (it.key() != "__metadata__") names.push_back(it.key());
+      if (it.key() != "__metadata__") shapes[it.key()] = it.value()["shape"].get<std::vector<int64_t>>();
   }
+  return shapes;
+}
+
+static std::vector<std::string> hf_tensor_names(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& [name, shape] : hf_tensor_shapes(dir)) names.push_back(name);
   return names;
 }
 
@@ -70,6 +76,29 @@ TEST(GgufNames, EveryFixtureTensorMapsAndBack) {
     }
     if (dir.ends_with("llama-30m")) EXPECT_EQ(plain.size(), 75u);
   }
+}
+
+// Every fixture tensor has the shape llama.cpp expects for its GGUF name
+// (HF shapes reversed; one expert is a slice of the merged tensor).
+TEST(GgufNames, ExpectedShapesMatchFixtures) {
+  for (const std::string& dir : fixture_dirs()) {
+    SCOPED_TRACE(dir);
+    ModelConfig c = load_model_config(dir);
+    for (const auto& [hf, shape] : hf_tensor_shapes(dir)) {
+      auto m = map_hf_tensor(hf, c);
+      ASSERT_TRUE(m) << hf;
+      auto want = expected_gguf_shape(m->name, c);
+      ASSERT_TRUE(want) << m->name;
+      std::vector<int64_t> ne(shape.rbegin(), shape.rend());
+      if (m->expert >= 0) ne.push_back(c.num_experts);
+      if (m->name.ends_with("ffn_gate_inp_shexp.weight") && ne.size() == 2 && ne[1] == 1) ne.pop_back();
+      EXPECT_EQ(ne, *want) << hf;
+    }
+  }
+  ModelConfig l3 = load_model_config(kModels + "/arch-refs/llama3-rope-scaling");
+  EXPECT_EQ(expected_gguf_shape("rope_freqs.weight", l3), (std::vector<int64_t>{32}));
+  EXPECT_FALSE(expected_gguf_shape("blk.2.attn_q.weight", l3));
+  EXPECT_FALSE(expected_gguf_shape("blk.0.nonsense.weight", l3));
 }
 
 TEST(GgufNames, SpecificNames) {

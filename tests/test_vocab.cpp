@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include <sentencepiece_processor.h>
 
@@ -135,4 +136,58 @@ TEST(Vocab, CorruptTokenizerJsonIsAnError) {
     EXPECT_NE(e.find(path), std::string::npos) << i << ": " << e;
     fs::remove(path);
   }
+}
+
+// A model whose embedding has more rows than the tokenizer has tokens gets
+// [PADn] placeholders (as llama.cpp's converter writes them); fewer rows is an error.
+TEST(Vocab, PaddingAndTooSmallVocab) {
+  fs::path dir = fs::temp_directory_path() / ("tailor_vocab_pad_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::create_symlink(kShared + "/models/llama-30m/tokenizer.model", dir / "tokenizer.model");
+  ModelConfig c = load_model_config(kShared + "/models/llama-30m");
+  c.vocab_size = 8200;
+  Vocab v = load_vocab(dir.string(), c);
+  ASSERT_EQ(v.tokens.size(), 8200u);
+  EXPECT_EQ(v.tokens[8199], "[PAD8199]");
+  EXPECT_EQ(v.token_types[8195], static_cast<int32_t>(TokenType::Unused));
+  EXPECT_EQ(v.scores.size(), 8200u);
+  EXPECT_EQ(v.bos, 1);  // no tokenizer_config.json: ids from the sentencepiece model
+  c.vocab_size = 8000;
+  std::string e = error_of([&] { load_vocab(dir.string(), c); });
+  EXPECT_NE(e.find("vocab_size"), std::string::npos) << e;
+
+  fs::remove(dir / "tokenizer.model");
+  fs::create_symlink(kShared + "/tokenizers/qwen3/tokenizer.json", dir / "tokenizer.json");
+  c.family = ModelFamily::Qwen3;
+  c.vocab_size = 151936;  // Qwen3 checkpoints pad the embedding past the tokenizer
+  v = load_vocab(dir.string(), c);
+  ASSERT_EQ(v.tokens.size(), 151936u);
+  EXPECT_EQ(v.token_types[151700], static_cast<int32_t>(TokenType::Unused));
+  EXPECT_TRUE(v.scores.empty());
+  fs::remove_all(dir);
+}
+
+// Truncated or bit-flipped sentencepiece models either parse or raise
+// tailor::Error; nothing else escapes (run under -DTAILOR_SANITIZE=ON for memory errors).
+TEST(Vocab, MangledSentencepieceNeverCrashes) {
+  std::ifstream in(kShared + "/models/llama-30m/tokenizer.model", std::ios::binary);
+  std::string good((std::istreambuf_iterator<char>(in)), {});
+  std::mt19937 rng(11);
+  int errors = 0;
+  for (int i = 0; i < 120; ++i) {
+    std::string bad = good;
+    if (i % 2 == 0) {
+      bad.resize(rng() % good.size());
+    } else {
+      for (int k = 0; k < 8; ++k) bad[rng() % bad.size()] = static_cast<char>(rng());
+    }
+    std::string path = write_temp("mangled", bad);
+    try {
+      read_sentencepiece_vocab(path);
+    } catch (const Error&) {
+      ++errors;
+    }
+    fs::remove(path);
+  }
+  EXPECT_GT(errors, 0);
 }

@@ -6,6 +6,8 @@
 #include <map>
 #include <optional>
 
+#include <fmt/ranges.h>
+
 #include "tailor/convert/vocab.h"
 #include "tailor/formats/gguf.h"
 #include "tailor/formats/safetensors.h"
@@ -152,6 +154,16 @@ std::vector<Planned> plan_tensors(const Safetensors& st, const ModelConfig& c, G
       if (!p.sources[e])
         fail("{}: expert {} of '{}' is missing from the checkpoint", st.tensors().front().file, e, p.name);
 
+  // A shape llama.cpp would reject at load time is an error here, before any file is written.
+  for (const Planned& p : plan) {
+    auto want = expected_gguf_shape(p.name, c);
+    if (!want || *want != p.ne) {
+      const StTensor* s = p.sources.empty() ? nullptr : p.sources.front();
+      fail("{}: tensor '{}' has shape [{}] in GGUF order but config.json implies [{}]",
+           s ? s->file : std::string("config.json"), s ? s->name : p.name, fmt::join(p.ne, ", "),
+           want ? fmt::format("{}", fmt::join(*want, ", ")) : std::string("?"));
+    }
+  }
   // The tensors every block needs; a checkpoint without them is not this model.
   auto need = [&](const std::string& n) {
     if (!merged.count(n)) fail("{}: the checkpoint has no tensor for '{}' (HF '{}')",
@@ -160,9 +172,21 @@ std::vector<Planned> plan_tensors(const Safetensors& st, const ModelConfig& c, G
   };
   need("token_embd.weight");
   need("output_norm.weight");
-  for (int64_t l = 0; l < c.num_layers; ++l)
+  for (int64_t l = 0; l < c.num_layers; ++l) {
     for (const char* s : {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"})
       need(fmt::format("blk.{}.{}.weight", l, s));
+    if (c.layer_is_moe(l)) {
+      for (const char* s : {"ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"})
+        need(fmt::format("blk.{}.{}.weight", l, s));
+      if (c.shared_expert_intermediate_size > 0)
+        for (const char* s : {"ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"})
+          need(fmt::format("blk.{}.{}.weight", l, s));
+    } else {
+      for (const char* s : {"ffn_gate", "ffn_up", "ffn_down"}) need(fmt::format("blk.{}.{}.weight", l, s));
+    }
+    if (c.qk_norm)
+      for (const char* s : {"attn_q_norm", "attn_k_norm"}) need(fmt::format("blk.{}.{}.weight", l, s));
+  }
 
   if (auto freqs = llama3_rope_factors(c); !freqs.empty()) {
     Planned p;
@@ -245,9 +269,6 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   if (st.tensors().empty()) fail("{}: the checkpoint holds no tensors", opts.input);
   const Vocab vocab = load_vocab(opts.input, c);
   std::vector<Planned> plan = plan_tensors(st, c, opts.type);
-  if (plan.front().ne.size() != 2 || plan.front().ne[0] != c.hidden_size || plan.front().ne[1] != c.vocab_size)
-    fail("{}: token embedding is {}x{}, config.json says vocab {} x hidden {}", opts.input,
-         plan.front().ne.size() == 2 ? plan.front().ne[1] : 0, plan.front().ne[0], c.vocab_size, c.hidden_size);
 
   ConvertResult res;
   res.arch = gguf_arch_name(c.family);

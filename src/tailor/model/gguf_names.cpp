@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numbers>
 #include <string_view>
 
@@ -196,6 +197,53 @@ std::optional<std::string> gguf_to_hf_name(const std::string& gguf_name, const M
   for (const auto& n : kExpertNames)
     if ((n.families & fam) && rest == n.gguf)
       return prefix + n.prefix + std::to_string(expert) + "." + n.hf;
+  return std::nullopt;
+}
+
+std::optional<std::vector<int64_t>> expected_gguf_shape(const std::string& gguf_name, const ModelConfig& c) {
+  using Shape = std::vector<int64_t>;
+  const int64_t H = c.hidden_size, V = c.vocab_size, q = c.num_heads * c.head_dim,
+                kv = c.num_kv_heads * c.head_dim, F = c.intermediate_size, E = c.num_experts,
+                EF = c.expert_ffn_size(), SF = c.shared_expert_intermediate_size;
+  if (gguf_name == "token_embd.weight" || gguf_name == "output.weight") return Shape{H, V};
+  if (gguf_name == "output_norm.weight") return Shape{H};
+  if (gguf_name == "rope_freqs.weight") return Shape{c.head_dim / 2};
+  std::string_view rest = gguf_name;
+  if (!starts_with(rest, "blk.")) return std::nullopt;
+  rest.remove_prefix(4);
+  auto layer = take_index(rest);
+  if (!layer || *layer >= c.num_layers) return std::nullopt;
+  static const std::map<std::string_view, int> kinds = {
+      {"attn_norm.weight", 0}, {"ffn_norm.weight", 0}, {"attn_output.bias", 0}, {"ffn_down.bias", 0},
+      {"ffn_gate_inp_shexp.weight", 0},
+      {"attn_q.weight", 1}, {"attn_k.weight", 2}, {"attn_v.weight", 2}, {"attn_output.weight", 3},
+      {"attn_q.bias", 4}, {"attn_k.bias", 5}, {"attn_v.bias", 5},
+      {"attn_q_norm.weight", 6}, {"attn_k_norm.weight", 6},
+      {"ffn_gate.weight", 7}, {"ffn_up.weight", 7}, {"ffn_down.weight", 8},
+      {"ffn_gate.bias", 9}, {"ffn_up.bias", 9},
+      {"ffn_gate_inp.weight", 10},
+      {"ffn_gate_exps.weight", 11}, {"ffn_up_exps.weight", 11}, {"ffn_down_exps.weight", 12},
+      {"ffn_gate_shexp.weight", 13}, {"ffn_up_shexp.weight", 13}, {"ffn_down_shexp.weight", 14},
+  };
+  auto it = kinds.find(rest);
+  if (it == kinds.end()) return std::nullopt;
+  switch (it->second) {
+    case 0: return Shape{H};
+    case 1: return Shape{H, q};
+    case 2: return Shape{H, kv};
+    case 3: return Shape{q, H};
+    case 4: return Shape{q};
+    case 5: return Shape{kv};
+    case 6: return Shape{c.head_dim};
+    case 7: return Shape{H, F};
+    case 8: return Shape{F, H};
+    case 9: return Shape{F};
+    case 10: return Shape{H, E};
+    case 11: return Shape{H, EF, E};
+    case 12: return Shape{EF, H, E};
+    case 13: return Shape{H, SF};
+    case 14: return Shape{SF, H};
+  }
   return std::nullopt;
 }
 

@@ -42,6 +42,10 @@ std::optional<std::string> gguf_to_hf_name(const std::string& gguf_name, const M
 // Whether a GGUF tensor is a merged stack of experts (ne[2] = expert count).
 bool is_merged_experts(const std::string& gguf_name);
 
+// The shape (ggml order) llama.cpp expects for a GGUF tensor of this model;
+// nullopt for names outside the layout. rope_freqs is {head_dim / 2}.
+std::optional<std::vector<int64_t>> expected_gguf_shape(const std::string& gguf_name, const ModelConfig& c);
+
 // Reorders the rows of a q (n_head = num_heads) or k (n_head = num_kv_heads)
 // projection from HF order to llama.cpp order, in place. rows = n_head * head_dim,
 // each row `cols` wide (cols = 1 for a bias).
