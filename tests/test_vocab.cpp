@@ -21,7 +21,7 @@ static const std::string kShared = TAILOR_SHARED_DIR;
 static void expect_matches_library(const std::string& path) {
   sentencepiece::SentencePieceProcessor sp;
   ASSERT_TRUE(sp.Load(path).ok());
-  Vocab v = read_sentencepiece_vocab(path);
+  Vocab v = read_spm_file_vocab(path);
   ASSERT_EQ(static_cast<int>(v.tokens.size()), sp.GetPieceSize());
   ASSERT_EQ(v.scores.size(), v.tokens.size());
   ASSERT_EQ(v.token_types.size(), v.tokens.size());
@@ -113,12 +113,12 @@ TEST(Vocab, CorruptSentencepieceIsAnError) {
   };
   for (size_t i = 0; i < bad.size(); ++i) {
     std::string path = write_temp("bad" + std::to_string(i), bad[i]);
-    std::string e = error_of([&] { read_sentencepiece_vocab(path); });
+    std::string e = error_of([&] { read_spm_file_vocab(path); });
     EXPECT_NE(e.find(path), std::string::npos) << i << ": " << e;
     EXPECT_NE(e.find("sentencepiece"), std::string::npos) << i << ": " << e;
     fs::remove(path);
   }
-  EXPECT_THROW(read_sentencepiece_vocab("/nonexistent/tokenizer.model"), Error);
+  EXPECT_THROW(read_spm_file_vocab("/nonexistent/tokenizer.model"), Error);
 }
 
 TEST(Vocab, CorruptTokenizerJsonIsAnError) {
@@ -183,7 +183,7 @@ TEST(Vocab, MangledSentencepieceNeverCrashes) {
     }
     std::string path = write_temp("mangled", bad);
     try {
-      read_sentencepiece_vocab(path);
+      read_spm_file_vocab(path);
     } catch (const Error&) {
       ++errors;
     }

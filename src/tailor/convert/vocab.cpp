@@ -172,7 +172,7 @@ std::string detect_bpe_pre(const json& tok, const std::string& family_hint) {
 
 }  // namespace
 
-Vocab read_sentencepiece_vocab(const std::string& path) {
+Vocab read_spm_file_vocab(const std::string& path) {
   MappedFile f(path);
   Vocab v;
   v.model = "llama";
@@ -308,7 +308,7 @@ Vocab load_vocab(const std::string& folder, const ModelConfig& c) {
   Vocab v;
   const fs::path spm = dir / "tokenizer.model", bpe = dir / "tokenizer.json";
   if (fs::is_regular_file(spm)) {
-    v = read_sentencepiece_vocab(spm.string());
+    v = read_spm_file_vocab(spm.string());
     if (static_cast<int64_t>(v.tokens.size()) > c.vocab_size)
       fail("{}: {} pieces but the model's vocab_size is {}", spm.string(), v.tokens.size(), c.vocab_size);
     pad_to(v, c.vocab_size, -10000.0f);

@@ -27,7 +27,7 @@ struct Vocab {
 
 // Parses a sentencepiece model (protobuf) file. Throws Error naming the file
 // when it is not a well-formed sentencepiece model.
-Vocab read_sentencepiece_vocab(const std::string& path);
+Vocab read_spm_file_vocab(const std::string& path);
 // Parses a Hugging Face tokenizer.json with a byte-level BPE model.
 Vocab read_bpe_vocab(const std::string& tokenizer_json, const std::string& family_hint = "");
 
