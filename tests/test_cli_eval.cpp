@@ -51,13 +51,13 @@ void write_file(const std::string& path, const std::string& data) {
   fs::rename(tmp, path);
 }
 
-// The first `bytes` of a shared text, cut at a line end.
+// The first `bytes` of a shared text, cut after a newline or space.
 std::string text_slice(const std::string& name, size_t bytes) {
   const std::string path = work_dir() + "/" + name + "." + std::to_string(bytes);
   if (!fs::exists(path)) {
     std::string t = tailor::test::slurp(kShared + "/text/" + name);
     t.resize(std::min(t.size(), bytes));
-    t.resize(t.rfind('\n') + 1);
+    t.resize(t.find_last_of("\n ") + 1);  // never inside a UTF-8 sequence
     write_file(path, t);
   }
   return path;
@@ -249,10 +249,11 @@ TEST(CliImatrix, ImportanceWeightedQ4KIsCloserThanPlainQ4K) {
   const std::string weighted_path = work_dir() + "/llama30m-Q4_K-imatrix.gguf";
   auto c = run_cli("convert " + kModel + " -o " + weighted_path + " -t Q4_K --imatrix " + im + " --json");
   ASSERT_EQ(c.exit_code, 0) << c.err;
-  // output.weight is not collected (llama-imatrix's default): warned about, quantized unweighted.
+  // The embedding (a lookup, no matmul) and output.weight (llama-imatrix's
+  // default skips it) have no values: warned about, quantized unweighted.
   EXPECT_NE(c.err.find("output.weight has no importance values"), std::string::npos) << c.err;
   json cj = json::parse(c.out);
-  EXPECT_EQ(cj["missing_importance"], json::array({"output.weight"}));
+  EXPECT_EQ(cj["missing_importance"], json::array({"token_embd.weight", "output.weight"}));
   int weighted = 0;
   for (const auto& t : cj["tensors"]) weighted += t["imatrix"].get<bool>();
   EXPECT_EQ(weighted, 56);
