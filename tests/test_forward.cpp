@@ -95,7 +95,7 @@ TEST_P(ArchRef, F32GgufLogitsMatchTransformers) {
   // mistral loads as llama, as llama.cpp does: the math is the same.
   EXPECT_STREQ(gguf_arch_name(m.config().family), gguf_arch_name(load_model_config(dir()).family));
   const std::vector<float> got = logits_of(m, ids_of(ref["input_ids"]));
-  fs::remove(o.output);
+  fs::remove_all(tmp);
   const double err = max_rel_error(got, ref["logits"], m.vocab_size());
   std::printf("%-22s F32 GGUF    max rel error %.3g\n", GetParam(), err);
   EXPECT_LE(err, 1e-4);
@@ -355,7 +355,7 @@ TEST_P(QuantizedGguf, MatchesSwappedCheckpointDecodedOrKept) {
   keep.dequantize = false;
   Model decoded = Model::load(o.output);
   Model kept = Model::load(o.output, keep);
-  fs::remove(o.output);
+  fs::remove_all(tmp);
   EXPECT_TRUE(kept.weight("blk.0.attn_q.weight").quantized());
   EXPECT_TRUE(kept.weight("blk.0.ffn_up_exps.weight").quantized());
   EXPECT_FALSE(decoded.weight("blk.0.attn_q.weight").quantized());
@@ -439,9 +439,7 @@ TEST(ForwardErrors, DamagedGguf) {
   const std::string shrunk = (tmp / "shrunk.gguf").string();
   rewrite(shrunk, "", "blk.0.ffn_up.weight");
   test::expect_error([&] { Model::load(shrunk); }, "blk.0.ffn_up.weight", "shape");
-  fs::remove(missing);
-  fs::remove(shrunk);
-  fs::remove(o.output);
+  fs::remove_all(tmp);
 }
 
 }  // namespace

@@ -81,6 +81,8 @@ using LogitsFn = std::function<void(size_t seq, const float* logits, int64_t len
 
 using Sequences = std::vector<std::vector<int32_t>>;
 
+// One forward pass at a time per Model (it caches the rope table and calls
+// the hook from the calling thread); the backend spreads each op over threads.
 class Model {
  public:
   // A Hugging Face folder (config.json + safetensors in F32/F16/BF16) or a
