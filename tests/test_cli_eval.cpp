@@ -269,6 +269,59 @@ TEST(CliImatrix, ImportanceWeightedQ4KIsCloserThanPlainQ4K) {
   EXPECT_LT(kb, ka);
 }
 
+TEST(CliImatrix, InFileAddsChunks) {
+  const std::string base = calibration_imatrix();
+  const std::string out = work_dir() + "/calib2.imatrix.gguf";
+  auto r = run_cli("imatrix " + kModel + " --text " + text_slice("eval.txt", 16384) + " -o " + out +
+                   " --ctx 128 --chunks 2 -q --in-file " + base);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto a = tailor::eval::Imatrix::load(base), b = tailor::eval::Imatrix::load(out);
+  EXPECT_EQ(b.chunk_count, 10u);
+  EXPECT_EQ(b.datasets.size(), 2u);
+  const auto* ea = a.find("blk.3.ffn_down.weight");
+  const auto* eb = b.find("blk.3.ffn_down.weight");
+  ASSERT_TRUE(ea && eb);
+  EXPECT_EQ(eb->counts[0], 10 * 128);
+  for (size_t j = 0; j < ea->sum2.size(); ++j) EXPECT_GT(eb->sum2[j], ea->sum2[j]) << j;
+}
+
+TEST(CliImatrix, MoePerExpertAndWeightedConversion) {
+  const std::string moe = kShared + "/models/moe-26m";
+  const std::string im = work_dir() + "/moe.imatrix.gguf";
+  auto r = run_cli("imatrix " + moe + " --text " + text_slice("calibration.txt", 16384) + " -o " + im +
+                   " --ctx 128 --chunks 2 -q");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto m = tailor::eval::Imatrix::load(im);
+  for (int l = 0; l < 4; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    for (const char* t : {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"}) {
+      const auto* e = m.find(b + t + ".weight");
+      ASSERT_NE(e, nullptr) << b << t;
+      EXPECT_EQ(e->n_experts, 4);
+      EXPECT_EQ(e->n_cols, std::string(t) == "ffn_down_exps" ? 768 : 512);
+      // Every token goes to two of the four experts.
+      int64_t routed = 0;
+      for (int64_t c : e->counts) routed += c;
+      EXPECT_EQ(routed, 2 * 2 * 128) << b << t;
+    }
+    // The router sees every token once.
+    ASSERT_NE(m.find(b + "ffn_gate_inp.weight"), nullptr);
+    EXPECT_EQ(m.find(b + "ffn_gate_inp.weight")->counts[0], 2 * 128);
+  }
+  auto g = tailor::GgufFile::open(im);
+  ASSERT_NE(g.find_tensor("blk.0.ffn_up_exps.weight.in_sum2"), nullptr);
+  EXPECT_EQ(g.find_tensor("blk.0.ffn_up_exps.weight.in_sum2")->ne, (std::vector<int64_t>{512, 4}));
+  EXPECT_EQ(g.find_tensor("blk.0.ffn_up_exps.weight.counts")->ne, (std::vector<int64_t>{1, 4}));
+
+  const std::string out = work_dir() + "/moe-Q4_K-imatrix.gguf";
+  auto c = run_cli("convert " + moe + " -o " + out + " -t Q4_K --imatrix " + im + " --json");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  const json cj = json::parse(c.out);
+  int weighted = 0;
+  for (const auto& t : cj["tensors"]) weighted += t["imatrix"].get<bool>();
+  EXPECT_EQ(weighted, 4 * 7);  // q, k, v, o and the three merged expert tensors
+}
+
 // ---------------------------------------------------------------- generate
 
 TEST(CliGenerate, GreedyMatchesTransformersReference) {
