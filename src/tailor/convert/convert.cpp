@@ -265,15 +265,10 @@ namespace {
 // Returns whether importance values were used.
 bool quantize_weighted(const Planned& p, const std::vector<float>& f32, std::vector<uint8_t>& out, int64_t rows,
                        int64_t cols, const ConvertOptions& opts, ConvertResult& res) {
-  const bool float_type = p.type == GgmlType::F16 || p.type == GgmlType::BF16;
-  const eval::ImatrixEntry* e = opts.imatrix && !float_type ? opts.imatrix->find(p.name) : nullptr;
+  const bool uses = type_info(p.type).uses_imatrix;
+  const eval::ImatrixEntry* e = opts.imatrix && uses ? opts.imatrix->find(p.name) : nullptr;
   if (!e) {
-    if (opts.imatrix && !float_type) {
-      if (type_info(p.type).requires_imatrix)
-        fail("convert: type {} needs importance values and the imatrix has none for {}", type_info(p.type).name,
-             p.name);
-      res.missing_importance.push_back(p.name);
-    }
+    if (opts.imatrix && uses) res.missing_importance.push_back(p.name);
     quantize_rows(p.type, f32.data(), out.data(), rows, cols, nullptr, opts.threads);
     return false;
   }
@@ -304,6 +299,15 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   if (st.tensors().empty()) fail("{}: the checkpoint holds no tensors", opts.input);
   const Vocab vocab = load_vocab(opts.input, c);
   std::vector<Planned> plan = plan_tensors(st, c, opts.type);
+  // ggml refuses the lowest-bit types without importance values; tensors the
+  // imatrix does not cover (the embedding, a lookup) get Q2_K instead, as
+  // llama-quantize gives the embedding in those file types.
+  for (Planned& p : plan)
+    if (opts.imatrix && type_info(p.type).requires_imatrix && !opts.imatrix->find(p.name)) {
+      if (p.ne[0] % 256 != 0) fail("convert: {} has no importance values and no fallback type fits its rows", p.name);
+      p.type = GgmlType::Q2_K;
+      p.fell_back = true;
+    }
 
   ConvertResult res;
   res.arch = gguf_arch_name(c.family);
