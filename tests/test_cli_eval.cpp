@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "cli_runner.h"
 #include "tailor/eval/imatrix.h"
 #include "tailor/eval/logit_store.h"
+#include "tailor/eval/run_eval.h"
 #include "tailor/formats/gguf.h"
 #include "tailor/formats/safetensors.h"
 #include "tailor/tokenizer/tokenizer.h"
@@ -202,6 +204,35 @@ TEST(Progress, LinesAndDurations) {
   tailor::Progress p("eval", "tok", tailor::Progress::Mode::Quiet);
   EXPECT_EQ(p.line(50, 200, 10.0), "eval: 50/200 tok (25%), 5.0 tok/s, ETA 0:30");
   EXPECT_EQ(p.line(200, 200, 40.0), "eval: 200/200 tok (100%), 5.0 tok/s, 0:40");
+}
+
+TEST(Progress, TerminalRedrawsOneLine) {
+  std::FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  {
+    tailor::Progress p("imatrix", "tok", tailor::Progress::Mode::Tty, f);
+    p.update(10, 100);
+    p.update(100, 100);  // the last update always draws
+  }  // the destructor ends the line
+  std::rewind(f);
+  std::string s(4096, '\0');
+  s.resize(std::fread(s.data(), 1, s.size(), f));
+  std::fclose(f);
+  EXPECT_EQ(s.rfind("\rimatrix: 10/100 tok (10%)", 0), 0u) << s;
+  EXPECT_NE(s.find("\rimatrix: 100/100 tok (100%)"), std::string::npos) << s;
+  EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 1) << s;
+  EXPECT_EQ(s.back(), '\n');
+}
+
+TEST(CliEval, GgufTokenizerMatchesTheFolders) {
+  auto hf = tailor::eval::load_model_tokenizer(kModel);
+  auto gg = tailor::eval::load_model_tokenizer(converted("Q8_0"));
+  const std::string text = tailor::test::slurp(text_slice("tinystories-sample.txt", 16384)) +
+                           tailor::test::slurp(text_slice("eval.txt", 16384));
+  EXPECT_EQ(gg->encode(text), hf->encode(text));
+  EXPECT_EQ(gg->bos_id(), 1);
+  EXPECT_TRUE(gg->add_bos());
+  EXPECT_EQ(gg->eos_id(), hf->eos_id());
 }
 
 // ---------------------------------------------------------------- imatrix

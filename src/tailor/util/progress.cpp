@@ -44,7 +44,8 @@ void Progress::update(int64_t done, int64_t total) {
   const double since = std::chrono::duration<double>(now - last_).count();
   const double elapsed = std::chrono::duration<double>(now - start_).count();
   if (mode_ == Mode::Tty) {
-    if (since < 0.1 && done < total) return;
+    if (drawn_ && since < 0.1 && done < total) return;  // the first update shows at once
+    drawn_ = true;
     std::fprintf(out_, "\r%s\x1b[K", line(done, total, elapsed).c_str());
   } else {
     if (since < log_every_) return;

@@ -34,7 +34,7 @@ class Progress {
   double log_every_;
   Clock::time_point start_, last_;
   int64_t done_ = 0, total_ = 0;
-  bool started_ = false, finished_ = false;
+  bool started_ = false, finished_ = false, drawn_ = false;
 };
 
 }  // namespace tailor
