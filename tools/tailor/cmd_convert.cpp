@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <optional>
 
 #include <unistd.h>
 
@@ -10,13 +11,14 @@
 
 #include "commands.h"
 #include "tailor/convert/convert.h"
+#include "tailor/eval/imatrix.h"
 #include "tailor/util/error.h"
 
 namespace tailor::cli {
 namespace {
 
 struct ConvertArgs {
-  std::string input, output, type = "F16", name;
+  std::string input, output, type = "F16", name, imatrix;
   int threads = 0;
   bool json = false, quiet = false;
 };
@@ -30,6 +32,11 @@ void run_convert(const ConvertArgs& a) {
   o.type = t->type;
   o.threads = a.threads;
   o.name = a.name;
+  std::optional<eval::Imatrix> im;
+  if (!a.imatrix.empty()) {
+    im = eval::Imatrix::load(a.imatrix);
+    o.imatrix = &*im;
+  }
   // The progress line rewrites itself, so only a terminal gets it.
   const bool progress = !a.quiet && !a.json && isatty(fileno(stderr));
   o.on_tensor = [&](const ConvertedTensor& ct, size_t i, size_t total) {
@@ -42,6 +49,11 @@ void run_convert(const ConvertArgs& a) {
   ConvertResult r = convert_hf_to_gguf(o);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
+  // llama-quantize warns the same way: those tensors are quantized unweighted.
+  if (!a.quiet)
+    for (const std::string& n : r.missing_importance)
+      std::fprintf(stderr, "tailor: warning: %s has no importance values in %s; quantized unweighted\n", n.c_str(),
+                   a.imatrix.c_str());
   std::map<std::string, int> by_type;
   for (const auto& ct : r.tensors) ++by_type[std::string(type_name(ct.type))];
   if (a.json) {
@@ -55,12 +67,13 @@ void run_convert(const ConvertArgs& a) {
     j["file_size"] = r.file_size;
     j["bits_per_weight"] = r.params ? 8.0 * static_cast<double>(r.file_size) / static_cast<double>(r.params) : 0.0;
     j["fallbacks"] = r.fallbacks;
+    j["missing_importance"] = r.missing_importance;
     j["seconds"] = secs;
     j["tensor_types"] = by_type;
     nlohmann::json ts = nlohmann::json::array();
     for (const auto& ct : r.tensors)
       ts.push_back({{"name", ct.name}, {"ne", ct.ne}, {"type", std::string(type_name(ct.type))},
-                    {"bytes", ct.nbytes}, {"fallback", ct.fell_back}});
+                    {"bytes", ct.nbytes}, {"fallback", ct.fell_back}, {"imatrix", ct.weighted}});
     j["tensors"] = ts;
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -87,6 +100,8 @@ void register_convert(CLI::App& app) {
   cmd->add_option("-t,--type", args->type,
                   "Type of the large matrices: F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q4_K, Q5_0, Q4_0, ...")
       ->capture_default_str();
+  cmd->add_option("--imatrix", args->imatrix,
+                  "Importance matrix (llama-imatrix GGUF or .dat, or tailor imatrix) weighting the quantizer");
   cmd->add_option("--name", args->name, "general.name (default: the folder name)");
   cmd->add_option("-j,--threads", args->threads, "Threads for quantization (0 = all cores)")
       ->capture_default_str();

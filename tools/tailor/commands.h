@@ -6,5 +6,8 @@ namespace tailor::cli {
 
 void register_inspect(CLI::App& app);
 void register_convert(CLI::App& app);
+void register_eval(CLI::App& app);
+void register_imatrix(CLI::App& app);
+void register_generate(CLI::App& app);
 
 }  // namespace tailor::cli

@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 
 #include "tailor/convert/vocab.h"
+#include "tailor/eval/imatrix.h"
 #include "tailor/formats/gguf.h"
 #include "tailor/formats/safetensors.h"
 #include "tailor/model/config.h"
@@ -257,11 +258,40 @@ uint32_t llama_file_type(GgmlType t) {
   }
 }
 
+namespace {
+
+// Quantizes one planned tensor into `out`, with the imatrix's values for it
+// when there are some: one vector per expert slice of a merged MoE tensor.
+// Returns whether importance values were used.
+bool quantize_weighted(const Planned& p, const std::vector<float>& f32, std::vector<uint8_t>& out, int64_t rows,
+                       int64_t cols, const ConvertOptions& opts, ConvertResult& res) {
+  const bool uses = type_info(p.type).uses_imatrix;
+  const eval::ImatrixEntry* e = opts.imatrix && uses ? opts.imatrix->find(p.name) : nullptr;
+  if (!e) {
+    if (opts.imatrix && uses) res.missing_importance.push_back(p.name);
+    quantize_rows(p.type, f32.data(), out.data(), rows, cols, nullptr, opts.threads);
+    return false;
+  }
+  const int64_t experts = p.ne.size() == 3 ? p.ne[2] : 1;
+  if (e->n_cols != cols || e->n_experts != experts)
+    fail("convert: the imatrix entry for {} has {} columns x {} experts, the tensor {} x {}", p.name, e->n_cols,
+         e->n_experts, cols, experts);
+  const std::vector<float> values = e->values();
+  const int64_t rows_per = rows / experts;
+  const size_t row_bytes = row_size(p.type, cols);
+  for (int64_t x = 0; x < experts; ++x)
+    quantize_rows(p.type, f32.data() + x * rows_per * cols, out.data() + size_t(x * rows_per) * row_bytes, rows_per,
+                  cols, values.data() + x * cols, opts.threads);
+  return true;
+}
+
+}  // namespace
+
 ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   const TypeInfo& req = type_info(opts.type);
   if (!req.can_quantize) fail("convert: Tailor cannot write type {} yet", req.name);
-  if (req.requires_imatrix)
-    fail("convert: type {} needs an importance matrix, which plain conversion does not have", req.name);
+  if (req.requires_imatrix && !opts.imatrix)
+    fail("convert: type {} needs an importance matrix (--imatrix FILE)", req.name);
   if (!fs::is_directory(opts.input)) fail("{}: not a folder (expected a Hugging Face model folder)", opts.input);
 
   const ModelConfig c = load_model_config(opts.input);
@@ -269,6 +299,15 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   if (st.tensors().empty()) fail("{}: the checkpoint holds no tensors", opts.input);
   const Vocab vocab = load_vocab(opts.input, c);
   std::vector<Planned> plan = plan_tensors(st, c, opts.type);
+  // ggml refuses the lowest-bit types without importance values; tensors the
+  // imatrix does not cover (the embedding, a lookup) get Q2_K instead, as
+  // llama-quantize gives the embedding in those file types.
+  for (Planned& p : plan)
+    if (opts.imatrix && type_info(p.type).requires_imatrix && !opts.imatrix->find(p.name)) {
+      if (p.ne[0] % 256 != 0) fail("convert: {} has no importance values and no fallback type fits its rows", p.name);
+      p.type = GgmlType::Q2_K;
+      p.fell_back = true;
+    }
 
   ConvertResult res;
   res.arch = gguf_arch_name(c.family);
@@ -305,14 +344,15 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
     if (p.permute != QkPermute::None)
       permute_qk_rows(f32.data(), rows, cols, p.permute == QkPermute::Q ? c.num_heads : c.num_kv_heads);
     const size_t nbytes = row_size(p.type, cols) * static_cast<size_t>(rows);
+    bool weighted = false;
     if (p.type == GgmlType::F32) {
       w.write_tensor_data(f32.data(), nbytes);
     } else {
       out.resize(nbytes);
-      quantize_rows(p.type, f32.data(), out.data(), rows, cols, nullptr, opts.threads);
+      weighted = quantize_weighted(p, f32, out, rows, cols, opts, res);
       w.write_tensor_data(out.data(), nbytes);
     }
-    ConvertedTensor ct{p.name, p.ne, p.type, nbytes, p.fell_back};
+    ConvertedTensor ct{p.name, p.ne, p.type, nbytes, p.fell_back, weighted};
     res.params += static_cast<uint64_t>(numel);
     res.fallbacks += p.fell_back ? 1 : 0;
     if (opts.on_tensor) opts.on_tensor(ct, i, plan.size());

@@ -11,12 +11,17 @@
 
 namespace tailor {
 
+namespace eval {
+class Imatrix;
+}
+
 struct ConvertedTensor {
   std::string name;          // GGUF name
   std::vector<int64_t> ne;   // ggml order
   GgmlType type = GgmlType::F32;
   size_t nbytes = 0;
   bool fell_back = false;    // the requested type did not fit the row length
+  bool weighted = false;     // quantized with importance values from the imatrix
 };
 
 struct ConvertOptions {
@@ -25,6 +30,11 @@ struct ConvertOptions {
   GgmlType type = GgmlType::F16;     // type of the large matrices
   int threads = 0;                   // 0 = all cores
   std::string name;                  // general.name; default: the folder's name
+  // Importance values per tensor (entries named as llama-imatrix names them,
+  // e.g. blk.0.attn_q.weight; per expert for merged MoE tensors). Quantized
+  // tensors without an entry are quantized unweighted and listed in
+  // ConvertResult::missing_importance. Not owned; may be null.
+  const eval::Imatrix* imatrix = nullptr;
   // Called after each tensor is written (index from 0, of `total`).
   std::function<void(const ConvertedTensor&, size_t index, size_t total)> on_tensor;
 };
@@ -36,6 +46,7 @@ struct ConvertResult {
   uint64_t params = 0;
   uint64_t file_size = 0;
   int fallbacks = 0;
+  std::vector<std::string> missing_importance;  // quantized without imatrix values
 };
 
 ConvertResult convert_hf_to_gguf(const ConvertOptions& opts);
