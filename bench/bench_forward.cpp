@@ -14,7 +14,7 @@
 #include <benchmark/benchmark.h>
 
 #include "tailor/engine/model.h"
-#include "tailor/engine/perplexity.h"
+#include "tailor/eval/run_eval.h"
 
 namespace {
 
@@ -27,7 +27,7 @@ void run_forward(benchmark::State& state, int threads) {
   LoadOptions opt;
   opt.cpu.threads = threads;
   Model m = Model::load(kModels + "/llama-30m", opt);
-  const std::vector<int32_t> ids = read_token_ids(kModels + "/llama-30m/val_ids_first64k.txt");
+  const std::vector<int32_t> ids = tailor::eval::read_token_ids(kModels + "/llama-30m/val_ids_first64k.txt");
   Sequences seqs;
   for (int64_t b = 0; b < kBatch; ++b)
     seqs.emplace_back(ids.begin() + b * kWindow, ids.begin() + (b + 1) * kWindow);
@@ -60,14 +60,18 @@ void full_perplexity(const std::string& name, bool bf16_freqs) {
   LoadOptions opt;
   opt.bf16_rope_freqs = bf16_freqs;
   Model m = Model::load(kModels + "/" + name, opt);
-  const std::vector<int32_t> ids = read_token_ids(kModels + "/" + name + "/val_ids_first64k.txt");
+  const std::vector<int32_t> ids = tailor::eval::read_token_ids(kModels + "/" + name + "/val_ids_first64k.txt");
   const auto t0 = std::chrono::steady_clock::now();
-  const PerplexityResult r = perplexity(m, ids, kWindow, kBatch);
+  tailor::eval::EvalOptions eo;
+  eo.ppl.method = tailor::eval::PplMethod::HuggingFace;
+  eo.ppl.n_ctx = kWindow;
+  eo.batch = kBatch;
+  const tailor::eval::EvalResult r = tailor::eval::run_eval(m, ids, eo);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("perplexity %-10s %-16s %lld windows x %lld: PPL %.4f over %lld positions, %.1f s\n",
               name.c_str(), bf16_freqs ? "bf16 rope freqs" : "exact rope freqs",
-              static_cast<long long>(r.windows), static_cast<long long>(kWindow), r.ppl,
-              static_cast<long long>(r.scored), secs);
+              static_cast<long long>(r.n_windows), static_cast<long long>(kWindow), r.ppl.ppl,
+              static_cast<long long>(r.ppl.n_scored), secs);
 }
 
 }  // namespace

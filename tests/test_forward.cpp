@@ -20,7 +20,8 @@
 #include "format_test_util.h"
 #include "tailor/convert/convert.h"
 #include "tailor/engine/model.h"
-#include "tailor/engine/perplexity.h"
+#include "tailor/eval/run_eval.h"
+#include "tailor/eval/softmax.h"
 #include "tailor/formats/gguf.h"
 #include "tailor/model/gguf_names.h"
 #include "tailor/quant/codec.h"
@@ -31,6 +32,24 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+namespace {
+
+double lse_of(const float* row, int64_t n) {
+  const eval::RowSoftmax sm = eval::row_softmax(std::span<const float>(row, size_t(n)));
+  return double(sm.max_logit) + sm.log_sum_exp;
+}
+
+// HF-style perplexity (windows of 512, every position after the first scored).
+eval::EvalResult hf_perplexity(engine::Model& m, const std::vector<int32_t>& ids, int64_t batch) {
+  eval::EvalOptions opt;
+  opt.ppl.method = eval::PplMethod::HuggingFace;
+  opt.ppl.n_ctx = 512;
+  opt.batch = batch;
+  return eval::run_eval(m, ids, opt);
+}
+
+}  // namespace
 
 const std::string kShared = TAILOR_SHARED_DIR;
 const std::string kModels = kShared + "/models";
@@ -148,7 +167,7 @@ TEST_P(TrainedProbe, LogitsArgmaxAndLogSumExp) {
   for (size_t t = 0; t < ids.size(); ++t) {
     const float* row = got.data() + t * vocab;
     EXPECT_EQ(std::max_element(row, row + vocab) - row, argmax[t]) << "position " << t;
-    lse_err = std::max(lse_err, std::fabs(log_sum_exp(row, vocab) - lse[t]) / std::fabs(lse[t]));
+    lse_err = std::max(lse_err, std::fabs(lse_of(row, vocab) - lse[t]) / std::fabs(lse[t]));
   }
   std::printf("%s%s probe logsumexp max rel error %.3g\n", model.name,
               bf16_freqs ? " (bf16 rope freqs)" : "", lse_err);
@@ -176,23 +195,23 @@ TEST_P(TrainedModel, GreedyContinuation) {
 // each window scored, about 45 s of CPU for llama-30m and 30 s for moe-26m
 // (bench_forward --ppl prints it too). Batching windows must not change it.
 TEST_P(TrainedModel, Perplexity) {
-  const std::vector<int32_t> ids = read_token_ids(dir() + "/val_ids_first64k.txt");
+  const std::vector<int32_t> ids = eval::read_token_ids(dir() + "/val_ids_first64k.txt");
   ASSERT_EQ(ids.size(), 65536u);
   const json ref = read_json(dir() + "/reference.json");
   const double want = ref["val_first64k_ctx512_all_positions_ppl_f32"].get<double>();
   EXPECT_NEAR(want, GetParam().ppl, 0.01);
   Model m = Model::load(dir());
   const auto t0 = std::chrono::steady_clock::now();
-  const PerplexityResult r = perplexity(m, ids, 512, 4);
+  const eval::EvalResult r = hf_perplexity(m, ids, 4);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%s PPL over %lld windows: %.4f (%lld positions, %.1f s; reference %.4f)\n",
-              GetParam().name, static_cast<long long>(r.windows), r.ppl,
-              static_cast<long long>(r.scored), secs, want);
-  EXPECT_EQ(r.windows, 128);
-  EXPECT_EQ(r.scored, 128 * 511);
-  EXPECT_NEAR(r.ppl, want, want * 1e-3);
-  const std::span<const int32_t> two(ids.data(), 2 * 512);
-  EXPECT_NEAR(perplexity(m, two, 512, 1).mean_nll, perplexity(m, two, 512, 2).mean_nll, 1e-6);
+              GetParam().name, static_cast<long long>(r.n_windows), r.ppl.ppl,
+              static_cast<long long>(r.ppl.n_scored), secs, want);
+  EXPECT_EQ(r.n_windows, 128);
+  EXPECT_EQ(r.ppl.n_scored, 128 * 511);
+  EXPECT_NEAR(r.ppl.ppl, want, want * 1e-3);
+  const std::vector<int32_t> two(ids.begin(), ids.begin() + 2 * 512);
+  EXPECT_NEAR(hf_perplexity(m, two, 1).ppl.mean_nll, hf_perplexity(m, two, 2).ppl.mean_nll, 1e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TrainedProbe,

@@ -330,4 +330,17 @@ void collect_imatrix(engine::Model& model, const std::vector<int32_t>& tokens, c
   if (!opt.dataset.empty()) into.datasets.push_back(opt.dataset);
 }
 
+std::vector<int32_t> read_token_ids(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot open", path);
+  std::vector<int32_t> ids;
+  int64_t v = 0;
+  while (in >> v) {
+    if (v < 0 || v > INT32_MAX) fail("{}: token id {} is out of range", path, v);
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (!in.eof()) fail("{}: not a list of integer token ids (entry {})", path, ids.size() + 1);
+  return ids;
+}
+
 }  // namespace tailor::eval

@@ -35,6 +35,9 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf(const GgufFile& g);
 std::vector<int32_t> tokenize_text_file(const Tokenizer& tok, const std::string& path,
                                         int64_t max_tokens = 0);
 
+// Whitespace-separated token ids, as in the fixtures' val_ids_*.txt.
+std::vector<int32_t> read_token_ids(const std::string& path);
+
 // done/total in tokens processed by the model.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
