@@ -19,8 +19,15 @@ for target in gguf safetensors; do
   work="build-fuzz/corpus-$target"   # new inputs go here; the committed seeds stay as they are
   mkdir -p "$work"
   echo "fuzz/run.sh: fuzz_$target for ${secs}s"
-  "./build-fuzz/fuzz/fuzz_$target" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-    -max_len=8192 -print_final_stats=1 -dict="fuzz/$target.dict" \
-    -artifact_prefix="build-fuzz/crash-$target-" "$work" "fuzz/corpus/$target"
+  log="build-fuzz/fuzz_$target.log"
+  # libFuzzer is chatty: keep its log, show the final stats, and the tail on failure.
+  if ! "./build-fuzz/fuzz/fuzz_$target" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+      -max_len=8192 -print_final_stats=1 -dict="fuzz/$target.dict" \
+      -artifact_prefix="build-fuzz/crash-$target-" "$work" "fuzz/corpus/$target" >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "fuzz/run.sh: fuzz_$target failed (log: $log)" >&2
+    exit 1
+  fi
+  grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "$log" || true
 done
 echo "fuzz/run.sh: no crashes"
