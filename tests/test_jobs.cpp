@@ -219,6 +219,32 @@ TEST(JobStore, CommitIsAtomicAndOnce) {
   store.fail_unit(v->id, "rows too short for the type");
   EXPECT_EQ(store.job(id).units_failed, 1);
   EXPECT_EQ(store.job(id).units_done, 1);
+  // Resuming retries failed units.
+  store.pause(id);
+  store.resume(id);
+  EXPECT_EQ(store.job(id).units_failed, 0);
+  store.begin_work(id);
+  auto again = store.claim_next(id);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->key, v->key);
+  EXPECT_EQ(again->attempts, 2);
+}
+
+TEST(JobStore, DefaultPath) {
+  const char* saved_db = std::getenv("TAILOR_DB");
+  const char* saved_xdg = std::getenv("XDG_DATA_HOME");
+  const std::string keep_db = saved_db ? saved_db : "", keep_xdg = saved_xdg ? saved_xdg : "";
+  ::setenv("TAILOR_DB", "/x/my.db", 1);
+  ::setenv("XDG_DATA_HOME", "/data", 1);
+  EXPECT_EQ(JobStore::default_path(), "/x/my.db");
+  ::unsetenv("TAILOR_DB");
+  EXPECT_EQ(JobStore::default_path(), "/data/tailor/jobs.db");
+  ::unsetenv("XDG_DATA_HOME");
+  if (const char* home = std::getenv("HOME")) {
+    EXPECT_EQ(JobStore::default_path(), std::string(home) + "/.local/share/tailor/jobs.db");
+  }
+  if (saved_db) ::setenv("TAILOR_DB", keep_db.c_str(), 1);
+  if (saved_xdg) ::setenv("XDG_DATA_HOME", keep_xdg.c_str(), 1);
 }
 
 // Workers in child processes are SIGKILLed at random moments, several times;
@@ -506,7 +532,9 @@ TEST(JobStore, ModelContentHash) {
 
   // The real fixture model hashes (headers only) and stays stable.
   const std::string llama = std::string(TAILOR_SHARED_DIR) + "/models/llama-30m";
-  if (fs::exists(llama)) EXPECT_EQ(model_content_hash(llama), model_content_hash(llama));
+  if (fs::exists(llama)) {
+    EXPECT_EQ(model_content_hash(llama), model_content_hash(llama));
+  }
 }
 
 TEST(JobsCli, ManagesJobs) {
@@ -563,6 +591,10 @@ TEST(JobsCli, ManagesJobs) {
   r = run_cli(fmt::format("jobs merge {} {}", merged, db));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(JobStore(merged).list_jobs().at(0).units_done, 1);
+  r = run_cli(fmt::format("jobs merge {} {}", merged, db + ".missing"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("no such job database"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(db + ".missing"));
 
   EXPECT_EQ(run_cli(fmt::format("jobs cancel {} --db {}", id, db)).exit_code, 0);
   EXPECT_EQ(JobStore(db).state(id), JobState::Cancelled);

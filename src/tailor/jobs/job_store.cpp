@@ -544,6 +544,13 @@ void JobStore::pause(int64_t job_id) {
 }
 void JobStore::resume(int64_t job_id) {
   set_job_state(impl_->db, job_id, JobState::Queued, {JobState::Paused, JobState::Failed}, "resume");
+  // Resuming is also the retry: failed units get another attempt.
+  Db& db = impl_->db;
+  Tx tx(db);
+  Stmt s(db, "UPDATE units SET state='pending', error='' WHERE job_id=? AND state='failed'");
+  s.bind(1, job_id).run();
+  refresh_progress(db, job_id);
+  tx.commit();
 }
 void JobStore::cancel(int64_t job_id) {
   set_job_state(impl_->db, job_id, JobState::Cancelled,
@@ -611,17 +618,18 @@ std::string JobStore::export_csv(int64_t job_id) {
       for (const auto& [k, v] : u["metrics"].items()) metric_names.insert(k);
   const char* fixed[] = {"key", "tensor", "type", "state", "attempts", "seconds"};
   std::string out;
-  for (const char* f : fixed) out += std::string(out.empty() ? "" : ",") + f;
-  for (const auto& m : metric_names) out += "," + csv_field(m);
-  out += "\n";
+  auto cell = [&out](bool first, const std::string& text) {
+    if (!first) out.push_back(',');
+    out.append(text);
+  };
+  for (const char* f : fixed) cell(f == fixed[0], f);
+  for (const auto& m : metric_names) cell(false, csv_field(m));
+  out.push_back('\n');
   for (const auto& u : all["units"]) {
-    std::string row;
-    for (const char* f : fixed) row += std::string(row.empty() ? "" : ",") + csv_value(u[f]);
-    for (const auto& m : metric_names) {
-      const auto& mm = u["metrics"];
-      row += "," + (mm.is_object() && mm.contains(m) ? csv_value(mm[m]) : std::string());
-    }
-    out += row + "\n";
+    for (const char* f : fixed) cell(f == fixed[0], csv_value(u[f]));
+    const auto& mm = u["metrics"];
+    for (const auto& m : metric_names) cell(false, mm.is_object() && mm.contains(m) ? csv_value(mm[m]) : "");
+    out.push_back('\n');
   }
   return out;
 }
@@ -634,6 +642,7 @@ void JobStore::merge(const std::string& out, const std::vector<std::string>& inp
     if (std::filesystem::exists(out) && std::filesystem::exists(in_path) &&
         std::filesystem::equivalent(out, in_path))
       fail("{}: merge input is the output database", in_path);
+    if (!std::filesystem::is_regular_file(in_path)) fail("{}: no such job database to merge", in_path);
     JobStore src(in_path);
     for (const JobInfo& j : src.list_jobs()) {
       // Recreate the job by its identity (same rules as create_job, so same id key).

@@ -63,6 +63,8 @@ struct LogLine {
 inline constexpr const char* kTypedMetrics[] = {"bytes", "bpw", "rmse", "kld", "dppl"};
 inline constexpr int kSchemaVersion = 1;
 
+// One connection: use a JobStore from one thread at a time (open one per thread;
+// they share the file safely, across processes too).
 class JobStore {
  public:
   // $TAILOR_DB, else $XDG_DATA_HOME/tailor/jobs.db, else ~/.local/share/tailor/jobs.db.
@@ -96,7 +98,7 @@ class JobStore {
 
   // Requests the worker polls between units (state(job) tells it what to do).
   void pause(int64_t job_id);   // queued/running -> paused
-  void resume(int64_t job_id);  // paused/failed -> queued (a worker picks it up)
+  void resume(int64_t job_id);  // paused/failed -> queued, failed units -> pending
   void cancel(int64_t job_id);  // anything not done -> cancelled
   JobState state(int64_t job_id);
 
