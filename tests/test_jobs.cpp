@@ -219,8 +219,22 @@ TEST(JobStore, CommitIsAtomicAndOnce) {
   store.fail_unit(v->id, "rows too short for the type");
   EXPECT_EQ(store.job(id).units_failed, 1);
   EXPECT_EQ(store.job(id).units_done, 1);
-  // Resuming retries failed units.
-  store.pause(id);
+  // If marking the unit done fails, its result is rolled back with it: make the
+  // update fail with a trigger and check nothing of the commit remains.
+  exec_sql(db,
+           "CREATE TRIGGER refuse_done BEFORE UPDATE OF state ON units WHEN NEW.state='done' "
+           "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;");
+  auto w = store.claim_next(id);
+  ASSERT_TRUE(w);
+  EXPECT_THROW(store.commit_result(w->id, fake_metrics(w->key)), Error);
+  EXPECT_EQ(query_int(db, "SELECT count(*) FROM results"), 1);
+  EXPECT_EQ(query_int(db, fmt::format("SELECT count(*) FROM units WHERE id={} AND state='running'", w->id)), 1);
+  exec_sql(db, "DROP TRIGGER refuse_done");
+  store.commit_result(w->id, fake_metrics(w->key));
+  EXPECT_EQ(query_int(db, "SELECT count(*) FROM results"), 2);
+  // Every unit finished but one failed: the job failed, and resuming retries that unit.
+  EXPECT_EQ(store.state(id), JobState::Failed);
+  EXPECT_EQ(store.job(id).error, "1 unit(s) failed");
   store.resume(id);
   EXPECT_EQ(store.job(id).units_failed, 0);
   store.begin_work(id);
@@ -603,6 +617,13 @@ TEST(JobsCli, ManagesJobs) {
   EXPECT_EQ(tailor::test::count_lines(r.err), 1) << r.err;
   EXPECT_EQ(run_cli(fmt::format("jobs rm {} --db {}", id, db)).exit_code, 0);
   EXPECT_TRUE(JobStore(db).list_jobs().empty());
+
+  const std::string junk = fresh_db("cli-junk");
+  std::ofstream(junk) << "not a database at all, just some text that is long enough to be a header..........";
+  r = run_cli("jobs list --db " + junk);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(tailor::test::count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(junk), std::string::npos) << r.err;
 
   exec_sql(db, "PRAGMA user_version=42");
   r = run_cli("jobs list --db " + db);

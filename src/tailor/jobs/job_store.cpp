@@ -321,6 +321,25 @@ void refresh_progress(Db& db, int64_t job) {
   u.bind(1, total).bind(2, done).bind(3, failed).bind(4, rate).bind(5, eta).bind(6, now_s()).bind(7, job).run();
 }
 
+// When no unit is left to do, a live job ends: done, or failed when some unit
+// failed (resume retries those). A cancelled job stays cancelled.
+void finish_if_complete(Db& db, int64_t job) {
+  Stmt left(db,
+            "SELECT coalesce(sum(state IN ('pending','running')),0), coalesce(sum(state='failed'),0) "
+            "FROM units WHERE job_id=?");
+  left.bind(1, job).step();
+  if (left.i64(0) > 0) return;
+  const int64_t failed = left.i64(1);
+  Stmt f(db,
+         "UPDATE jobs SET state=?, error=?, finished_at=?, eta_s=0 "
+         "WHERE id=? AND state IN ('running','queued','paused')");
+  f.bind(1, failed ? "failed" : "done")
+      .bind(2, failed ? fmt::format("{} unit(s) failed", failed) : std::string())
+      .bind(3, now_s())
+      .bind(4, job)
+      .run();
+}
+
 void set_job_state(Db& db, int64_t job, JobState to, std::initializer_list<JobState> from, const char* verb) {
   Tx tx(db);
   Stmt s(db, "SELECT state FROM jobs WHERE id=?");
@@ -508,12 +527,7 @@ void JobStore::commit_result(int64_t unit_id, const nlohmann::json& metrics) {
   Stmt d(db, "UPDATE units SET state='done', finished_at=?, seconds=? WHERE id=?");
   d.bind(1, t).bind(2, secs).bind(3, unit_id).run();
   refresh_progress(db, job);
-  Stmt left(db, "SELECT count(*) FROM units WHERE job_id=? AND state IN ('pending','running')");
-  left.bind(1, job).step();
-  if (left.i64(0) == 0) {
-    Stmt f(db, "UPDATE jobs SET state='done', finished_at=?, eta_s=0 WHERE id=? AND state IN ('running','queued','paused')");
-    f.bind(1, t).bind(2, job).run();
-  }
+  finish_if_complete(db, job);
   tx.commit();
 }
 
@@ -525,6 +539,7 @@ void JobStore::fail_unit(int64_t unit_id, const std::string& error) {
   const int64_t job = s.i64(0);
   s.run();
   refresh_progress(db, job);
+  finish_if_complete(db, job);
   tx.commit();
 }
 
