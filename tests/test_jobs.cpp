@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli_runner.h"
+#include "tailor/formats/gguf.h"
 #include "tailor/jobs/job_store.h"
 #include "tailor/util/error.h"
 
@@ -543,6 +544,25 @@ TEST(JobStore, ModelContentHash) {
   write("model.safetensors", safetensors(hdr, "") .substr(0, 12));  // header length past the end
   EXPECT_THROW(model_content_hash(dir), Error);
   EXPECT_THROW(model_content_hash(dir + "/nope"), Error);
+
+  // A GGUF file: its metadata and tensor infos count, its tensor data does not.
+  const std::string gguf = dir + "/m.gguf";
+  auto write_gguf = [&](const std::string& arch, float value) {
+    GgufWriter w(gguf);
+    w.set("general.architecture", GgufValue::str(arch));
+    w.add_tensor("w", {4}, GgmlType::F32);
+    const float data[4] = {value, value, value, value};
+    w.write_tensor_data(data, sizeof data);
+    w.finish();
+  };
+  write_gguf("llama", 1.0f);
+  const std::string g0 = model_content_hash(gguf);
+  write_gguf("llama", 2.0f);
+  EXPECT_EQ(model_content_hash(gguf), g0);
+  write_gguf("qwen2", 1.0f);
+  EXPECT_NE(model_content_hash(gguf), g0);
+  std::ofstream(gguf, std::ios::binary) << "GGUF but broken";
+  EXPECT_THROW(model_content_hash(gguf), Error);
 
   // The real fixture model hashes (headers only) and stays stable.
   const std::string llama = std::string(TAILOR_SHARED_DIR) + "/models/llama-30m";
