@@ -266,7 +266,7 @@ TEST(JobStore, DefaultPath) {
 // then the job is resumed to the end. A trigger counts every insert into
 // results in the same transaction, so a unit written twice cannot hide.
 TEST(JobStore, SurvivesSigkillAndNeverRepeatsAUnit) {
-  const int n = 90;
+  const int n = 150;  // more than six rounds of at most 30 ms can finish
   const std::string db = fresh_db("kill"), ref_db = fresh_db("kill-ref");
   int64_t id = 0;
   {

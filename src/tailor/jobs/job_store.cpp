@@ -238,7 +238,9 @@ void open_and_migrate(Db& db, const std::string& path) {
     fail("{}: an SQLite database that is not a tailor job database", path);
   }
   db.exec("PRAGMA journal_mode=WAL");
-  db.exec("PRAGMA synchronous=NORMAL");  // WAL + NORMAL: durable up to the last checkpoint-safe commit
+  // WAL + NORMAL: a killed process loses no commit; a power cut may roll back the
+  // last few, never part of one (so a unit is then simply redone).
+  db.exec("PRAGMA synchronous=NORMAL");
   db.exec("PRAGMA foreign_keys=ON");
   while (version < kSchemaVersion) {
     Tx tx(db);
