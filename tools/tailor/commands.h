@@ -9,5 +9,6 @@ void register_convert(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_imatrix(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_jobs(CLI::App& app);
 
 }  // namespace tailor::cli

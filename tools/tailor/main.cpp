@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   tailor::cli::register_eval(app);
   tailor::cli::register_imatrix(app);
   tailor::cli::register_generate(app);
+  tailor::cli::register_jobs(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
