@@ -2,7 +2,8 @@
 // Usage: node check.mjs --case NAME --tailor PATH --shared DIR --work DIR
 // Cases: llama30m-f32, llama30m-q8_0, llama30m-q4_k, moe26m-q8_0, llama30m-tensors, ppl-f32, ppl-q8_0,
 // tokenizer-<name> (a shared/tokenizers folder), arch-<name> (an
-// arch-refs model). Prints one JSON line of figures; exits 1 on failure.
+// arch-refs model), ppl-f32 / ppl-q8_0 (tailor eval's perplexity against
+// llama.cpp's log-probabilities on the same windows). Prints one JSON line of figures; exits 1 on failure.
 import {execFileSync} from "node:child_process";
 import {mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from "node:fs";
 import {join} from "node:path";
@@ -282,12 +283,79 @@ function tensorNames() {
   return res;
 }
 
+// Perplexity with llama-perplexity's protocol on the token ids `tailor eval`
+// used (--dump-tokens): window w is ids[w*ctx, (w+1)*ctx) with its first
+// token replaced by BOS, rows ctx/2 .. ctx-2 predict the next token. Per-token
+// NLLs from llama.cpp's logits (log-softmax in double) against Tailor's own.
+async function perplexity(type) {
+  const chunks = 8, ctx = 512;
+  const dir = join(models, "llama-30m");
+  const out = join(args.work, `ppl-${type}.gguf`);
+  const dump = join(args.work, `ppl-${type}.tokens.json`);
+  const text = join(args.shared, "text", "eval.txt");
+  convert(dir, type, out);
+  const t0 = Date.now();
+  const tailor = JSON.parse(execFileSync(args.tailor, [
+    "eval", out, "--text", text, "--ctx", String(ctx), "--chunks", String(chunks), "--json", "--dump-tokens", dump],
+    {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"]}));
+  const tailorSeconds = (Date.now() - t0) / 1000;
+  const d = readJson(dump);
+  const nVocab = readGgufHeader(out).kv["tokenizer.ggml.tokens"].length;
+  const model = await loadModel(out);
+  const res = {case: args.case, windows: tailor.windows, scored: tailor.scored, ppl_tailor: tailor.ppl,
+               tailor_seconds: tailorSeconds};
+  try {
+    // llama.cpp's own tokenization of the text must give the ids Tailor scored.
+    const used = chunks * ctx;
+    const mine = [model.tokens.bos, ...model.tokenize(readFileSync(text, "utf8"))].slice(0, used);
+    res.ids_match = commonPrefix(mine, d.ids) >= used;
+    expect(res.ids_match, `llama.cpp tokenizes the text differently from token ${commonPrefix(mine, d.ids)} on`);
+    expect(d.bos === model.tokens.bos, `tailor used BOS ${d.bos}, llama.cpp's is ${model.tokens.bos}`);
+    const t1 = Date.now();
+    const nll = [];
+    const first = ctx / 2;
+    for (let w = 0; w < chunks; ++w) {
+      const win = d.ids.slice(w * ctx, (w + 1) * ctx);
+      win[0] = model.tokens.bos;
+      const rows = await positionLogits(model, win, nVocab);
+      for (let j = first; j < ctx - 1; ++j) nll.push(-logSoftmaxAt(rows[j], d.ids[w * ctx + j + 1]));
+    }
+    res.llama_seconds = (Date.now() - t1) / 1000;
+    const mean = (a) => a.reduce((x, y) => x + y, 0) / a.length;
+    res.ppl_llama = Math.exp(mean(nll));
+    res.ratio = res.ppl_tailor / res.ppl_llama;
+    expect(nll.length === tailor.scored && d.token_nll.length === nll.length,
+           `scored ${tailor.scored} (dump ${d.token_nll.length}) tokens, llama.cpp's protocol gives ${nll.length}`);
+    expect(Math.abs(res.ratio - 1) <= 0.005,
+           `PPL tailor ${res.ppl_tailor} vs llama.cpp ${res.ppl_llama}: ratio ${res.ratio} beyond 0.5%`);
+    // Per token: the same tokens are easy and hard in both, so a matching
+    // average cannot come from compensating errors.
+    const diffs = nll.map((v, i) => Math.abs(v - d.token_nll[i]));
+    res.mean_abs_dnll = mean(diffs);
+    res.max_abs_dnll = Math.max(...diffs);
+    const ma = mean(nll), mb = mean(d.token_nll);
+    let sab = 0, saa = 0, sbb = 0;
+    nll.forEach((a, i) => { const b = d.token_nll[i]; sab += (a - ma) * (b - mb); saa += (a - ma) ** 2; sbb += (b - mb) ** 2; });
+    res.nll_correlation = sab / Math.sqrt(saa * sbb);
+    const bound = {F32: 0.01, Q8_0: 0.03}[type];
+    expect(res.mean_abs_dnll <= bound, `per-token NLLs differ by ${res.mean_abs_dnll} on average (> ${bound})`);
+    expect(res.nll_correlation >= 0.999, `per-token NLL correlation ${res.nll_correlation} < 0.999`);
+  } finally {
+    await model.dispose();
+    rmSync(out, {force: true});
+    rmSync(dump, {force: true});
+  }
+  return res;
+}
+
 let result;
 try {
   if (args.case === "llama30m-f32") result = await trained("llama-30m", "F32");
   else if (args.case === "llama30m-q8_0") result = await trained("llama-30m", "Q8_0");
   else if (args.case === "llama30m-q4_k") result = await trained("llama-30m", "Q4_K");
   else if (args.case === "moe26m-q8_0") result = await trained("moe-26m", "Q8_0");
+  else if (args.case === "ppl-f32") result = await perplexity("F32");
+  else if (args.case === "ppl-q8_0") result = await perplexity("Q8_0");
   else if (args.case === "llama30m-tensors") result = tensorNames();
   else if (args.case === "ppl-f32") result = await perplexityAgreement("F32");
   else if (args.case === "ppl-q8_0") result = await perplexityAgreement("Q8_0");
