@@ -317,7 +317,7 @@ async function perplexity(type) {
     for (let w = 0; w < chunks; ++w) {
       const win = d.ids.slice(w * ctx, (w + 1) * ctx);
       win[0] = model.tokens.bos;
-      const rows = await positionLogits(model, win, nVocab);
+      const rows = await positionLogits(model, win, nVocab, first);
       for (let j = first; j < ctx - 1; ++j) nll.push(-logSoftmaxAt(rows[j], d.ids[w * ctx + j + 1]));
     }
     res.llama_seconds = (Date.now() - t1) / 1000;
