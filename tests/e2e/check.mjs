@@ -1,9 +1,10 @@
 // End-to-end checks of `tailor convert` against a real llama.cpp client.
 // Usage: node check.mjs --case NAME --tailor PATH --shared DIR --work DIR
-// Cases: llama30m-f32, llama30m-q8_0, llama30m-q4_k, moe26m-q8_0, llama30m-tensors, ppl-f32, ppl-q8_0,
+// Cases: llama30m-f32, llama30m-q8_0, llama30m-q4_k, moe26m-q8_0, llama30m-tensors,
 // tokenizer-<name> (a shared/tokenizers folder), arch-<name> (an
 // arch-refs model), ppl-f32 / ppl-q8_0 (tailor eval's perplexity against
-// llama.cpp's log-probabilities on the same windows). Prints one JSON line of figures; exits 1 on failure.
+// llama.cpp's log-probabilities on the same windows). Prints one JSON line of
+// figures; exits 1 on failure.
 import {execFileSync} from "node:child_process";
 import {mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from "node:fs";
 import {join} from "node:path";
@@ -115,49 +116,6 @@ function withTokenizer(dir, nVocab) {
     added_tokens: [],
   }));
   return copy;
-}
-
-// Perplexity on eval.txt, llama-perplexity's protocol, computed twice over the
-// same windows: by `tailor eval` and from llama.cpp's own logits (log-softmax
-// in double here). Windows of 512, BOS in place of each window's first token,
-// the second half scored. The two must agree within 0.5%.
-async function perplexityAgreement(type) {
-  const kCtx = 512, kChunks = 8;
-  const dir = join(models, "llama-30m");
-  const text = join(args.shared, "text", "eval.txt");
-  const out = join(args.work, `llama-30m-${type}.gguf`);
-  convert(dir, type, out);
-  const res = {case: args.case, type, ctx: kCtx, windows: kChunks};
-  const tailor = JSON.parse(execFileSync(args.tailor,
-      ["eval", out, "--text", text, "--ctx", String(kCtx), "--chunks", String(kChunks), "--json", "-q"],
-      {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"]}));
-  const model = await loadModel(out);
-  try {
-    // llama-perplexity tokenizes the whole text with BOS first.
-    const tokens = [model.tokens.bos, ...model.tokenize(readFileSync(text, "utf8"))];
-    res.tokens_llama = tokens.length;
-    res.tokens_tailor = tailor.tokens;
-    expect(tokens.length === tailor.tokens, `token counts differ: llama.cpp ${tokens.length}, tailor ${tailor.tokens}`);
-    const nVocab = model.tokens.vocabSize ?? 8192;
-    let sum = 0, n = 0;
-    for (let c = 0; c < kChunks; ++c) {
-      const win = tokens.slice(c * kCtx, (c + 1) * kCtx);
-      win[0] = model.tokens.bos;
-      const rows = await positionLogits(model, win, nVocab);
-      for (let i = kCtx / 2; i < kCtx - 1; ++i) { sum -= logSoftmaxAt(rows[i], win[i + 1]); ++n; }
-    }
-    res.scored_llama = n;
-    res.scored_tailor = tailor.scored;
-    res.ppl_llama = Math.exp(sum / n);
-    res.ppl_tailor = tailor.ppl;
-    res.ratio = res.ppl_tailor / res.ppl_llama;
-    expect(n === tailor.scored, `scored ${n} tokens, tailor scored ${tailor.scored}`);
-    expect(Math.abs(res.ratio - 1) <= 0.005, `perplexity ${res.ppl_tailor} vs llama.cpp ${res.ppl_llama}: ratio ${res.ratio}`);
-  } finally {
-    await model.dispose();
-    rmSync(out, {force: true});
-  }
-  return res;
 }
 
 // Random-weight arch-refs models: llama.cpp's argmax per position against the reference logits.
@@ -307,7 +265,11 @@ async function perplexity(type) {
   try {
     // llama.cpp's own tokenization of the text must give the ids Tailor scored.
     const used = chunks * ctx;
-    const mine = [model.tokens.bos, ...model.tokenize(readFileSync(text, "utf8"))].slice(0, used);
+    const all = [model.tokens.bos, ...model.tokenize(readFileSync(text, "utf8"))];
+    res.tokens_llama = all.length;
+    res.tokens_tailor = d.ids.length;
+    expect(all.length === d.ids.length, `token counts differ: llama.cpp ${all.length}, tailor ${d.ids.length}`);
+    const mine = all.slice(0, used);
     res.ids_match = commonPrefix(mine, d.ids) >= used;
     expect(res.ids_match, `llama.cpp tokenizes the text differently from token ${commonPrefix(mine, d.ids)} on`);
     expect(d.bos === model.tokens.bos, `tailor used BOS ${d.bos}, llama.cpp's is ${model.tokens.bos}`);
@@ -337,7 +299,8 @@ async function perplexity(type) {
     let sab = 0, saa = 0, sbb = 0;
     nll.forEach((a, i) => { const b = d.token_nll[i]; sab += (a - ma) * (b - mb); saa += (a - ma) ** 2; sbb += (b - mb) ** 2; });
     res.nll_correlation = sab / Math.sqrt(saa * sbb);
-    const bound = {F32: 0.01, Q8_0: 0.03}[type];
+    // Measured: F32 0.0004, Q8_0 0.020 (llama.cpp also rounds the activations to 8 bits).
+    const bound = {F32: 0.01, Q8_0: 0.04}[type];
     expect(res.mean_abs_dnll <= bound, `per-token NLLs differ by ${res.mean_abs_dnll} on average (> ${bound})`);
     expect(res.nll_correlation >= 0.999, `per-token NLL correlation ${res.nll_correlation} < 0.999`);
   } finally {
@@ -357,8 +320,6 @@ try {
   else if (args.case === "ppl-f32") result = await perplexity("F32");
   else if (args.case === "ppl-q8_0") result = await perplexity("Q8_0");
   else if (args.case === "llama30m-tensors") result = tensorNames();
-  else if (args.case === "ppl-f32") result = await perplexityAgreement("F32");
-  else if (args.case === "ppl-q8_0") result = await perplexityAgreement("Q8_0");
   else if (args.case.startsWith("tokenizer-")) result = await tokenizer(args.case.slice(10));
   else if (args.case.startsWith("arch-")) result = await archRef(args.case.slice(5));
   else throw new Error(`unknown case ${args.case}`);
