@@ -138,6 +138,36 @@ TEST(CliEval, HfFolderAndF32GgufGiveTheSamePerplexity) {
   EXPECT_NEAR(std::exp(sum / double(n)) / p_hf, 1.0, 1e-5);
 }
 
+// --dump-tokens: the ids are the tokenizer's, and the per-token NLLs are the
+// reported perplexity's and the reference store's (HF folder) one by one.
+TEST(CliEval, DumpTokensHoldsIdsAndPerTokenNll) {
+  const std::string text = text_slice("eval.txt", 16384);
+  const std::string gguf = converted("F32");
+  const std::string dump = work_dir() + "/dump" + std::to_string(::getpid()) + ".json";
+  json r = eval_json(gguf + " --text " + text + " " + kSlice + " --dump-tokens " + dump);
+  ASSERT_TRUE(r.contains("ppl"));
+  const json d = json::parse(tailor::test::slurp(dump));
+  fs::remove(dump);
+  auto tok = tailor::eval::load_model_tokenizer(kModel);
+  EXPECT_EQ(d["ids"].get<std::vector<int32_t>>(), tailor::eval::tokenize_text_file(*tok, text, 1024));
+  EXPECT_EQ(d["bos"], tok->bos_id());
+  const auto nll = d["token_nll"].get<std::vector<double>>();
+  ASSERT_EQ(int64_t(nll.size()), r["scored"].get<int64_t>());
+  double sum = 0;
+  for (const double v : nll) sum += v;
+  EXPECT_NEAR(std::exp(sum / double(nll.size())) / r["ppl"].get<double>(), 1.0, 1e-9);
+  auto s = tailor::eval::LogitStore::open(reference_store());
+  size_t i = 0;
+  double worst = 0;
+  for (int64_t w = 0; w < s.n_windows(); ++w)
+    for (int64_t row = 0; row < s.n_rows(w) && i < nll.size(); ++row, ++i)
+      worst = std::max(worst, std::abs(nll[i] + s.row(w, row).target_logprob));
+  EXPECT_EQ(i, nll.size());
+  EXPECT_LT(worst, 1e-3);
+  expect_error("eval " + gguf + " --text " + text + " " + kSlice + " --dump-tokens /nonexistent-dir/d.json",
+               "/nonexistent-dir/d.json");
+}
+
 TEST(CliEval, Q8_0KldAgainstF32StoreIsSmall) {
   const std::string store = reference_store();
   json j = eval_json(converted("Q8_0") + " --text " + text_slice("eval.txt", 16384) + " " + kSlice +

@@ -14,15 +14,17 @@ export async function loadModel(modelPath) {
 }
 
 // Evaluates `ids` in one sequence and returns, for every position, the
-// logits of the next token as a Float64Array over the vocabulary.
-export async function positionLogits(model, ids, nVocab) {
+// logits of the next token as a Float64Array over the vocabulary. Positions
+// before `from` get null (asking for fewer rows makes long windows fast).
+export async function positionLogits(model, ids, nVocab, from = 0) {
   const context = await model.createContext({contextSize: Math.max(64, ids.length + 8), batchSize: 512,
                                             sequences: 1, threads: 2});
   try {
     const seq = context.getSequence();
-    const input = ids.map((t) => [t, {generateNext: {logits: true}}]);
+    const input = ids.map((t, i) => (i >= from ? [t, {generateNext: {logits: true}}] : t));
     const out = await seq.controlledEvaluate(input);
     return ids.map((_, i) => {
+      if (i < from) return null;
       const row = new Float64Array(nVocab).fill(-Infinity);
       const logits = out[i]?.next?.logits;
       if (!logits) throw new Error(`no logits returned for position ${i}`);

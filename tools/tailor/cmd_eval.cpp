@@ -1,6 +1,7 @@
 // tailor eval <model> --text FILE: perplexity (llama.cpp's method by default),
 // optionally saving the reference logits or comparing against saved ones (KLD).
 #include <cstdio>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -14,7 +15,7 @@ namespace tailor::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, text, method = "llamacpp", save_logits, logits_format = "topk", kld_base;
+  std::string model, text, method = "llamacpp", save_logits, logits_format = "topk", kld_base, dump_tokens;
   int64_t ctx = 512, batch = 1, chunks = -1, max_tokens = 0;
   int threads = 0;
   bool json = false, quiet = false;
@@ -56,6 +57,7 @@ void run(const EvalArgs& a) {
   o.llama_layout = a.logits_format == "llama";
   o.kld_base = a.kld_base;
   o.text_name = a.text;
+  o.ppl.keep_token_nll = !a.dump_tokens.empty();
 
   auto tok = eval::load_model_tokenizer(a.model);
   const std::vector<int32_t> ids = eval::tokenize_text_file(*tok, a.text, a.max_tokens);
@@ -71,6 +73,15 @@ void run(const EvalArgs& a) {
   const eval::EvalResult r = eval::run_eval(model, ids, o, [&](int64_t d, int64_t t) { bar.update(d, t); });
   bar.finish();
   const double tps = r.seconds > 0 ? double(r.n_evaluated) / r.seconds : 0.0;
+  // The exact token stream and per-token NLLs, so another implementation can
+  // score the same windows (tests/e2e compares with llama.cpp).
+  if (!a.dump_tokens.empty()) {
+    const nlohmann::json d = {{"ctx", a.ctx}, {"method", a.method}, {"bos", o.ppl.bos ? *o.ppl.bos : -1},
+                              {"windows", r.n_windows}, {"ids", ids}, {"token_nll", r.ppl.token_nll}};
+    std::ofstream f(a.dump_tokens);
+    f << d.dump() << '\n';
+    if (!f) fail("{}: cannot write the token dump", a.dump_tokens);
+  }
 
   if (a.json) {
     nlohmann::json j;
@@ -122,6 +133,8 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--kld-base", a->kld_base,
                   "Compare against reference logits saved by --save-logits (or llama-perplexity)");
+  cmd->add_option("--dump-tokens", a->dump_tokens,
+                  "Write the token ids and each scored token's NLL to FILE (JSON)");
   cmd->add_option("-j,--threads", a->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print the results as JSON on stdout");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress line");

@@ -41,7 +41,7 @@ double NllAccumulator::ppl_error() const {
 }
 
 void accumulate_nll(std::span<const float> logits, std::span<const int32_t> targets, int64_t n_vocab,
-                    NllAccumulator& acc) {
+                    NllAccumulator& acc, std::vector<double>* keep) {
   if (n_vocab < 1 || logits.size() != targets.size() * size_t(n_vocab))
     fail("perplexity: {} logits for {} targets of vocabulary {}", logits.size(), targets.size(), n_vocab);
   for (const int32_t t : targets)
@@ -55,6 +55,7 @@ void accumulate_nll(std::span<const float> logits, std::span<const int32_t> targ
     }
   });
   for (const double v : nll) acc.add(v);
+  if (keep) keep->insert(keep->end(), nll.begin(), nll.end());
 }
 
 PplResult evaluate_perplexity(std::span<const int32_t> tokens, int64_t n_vocab, const PplOptions& opt,
@@ -76,7 +77,7 @@ PplResult evaluate_perplexity(std::span<const int32_t> tokens, int64_t n_vocab, 
     logits_fn(win, pw.first_row, n_rows, logits);
     // Targets come from the original stream, never from the BOS-substituted copy.
     const auto targets = tokens.subspan(size_t(pw.start + pw.first_row + 1), size_t(n_rows));
-    accumulate_nll(logits, targets, n_vocab, acc);
+    accumulate_nll(logits, targets, n_vocab, acc, opt.keep_token_nll ? &res.token_nll : nullptr);
     res.running_ppl.push_back(acc.ppl());
     res.running_error.push_back(acc.ppl_error());
     if (sink) sink(ScoredWindow{int64_t(w), &pw, targets, logits, n_vocab});

@@ -27,6 +27,7 @@ struct PplOptions {
   int64_t n_ctx = 512;
   std::optional<int32_t> bos;  // LlamaCpp: replaces each window's first token
   int64_t max_windows = -1;    // -1: all (llama.cpp's --chunks)
+  bool keep_token_nll = false; // fill PplResult::token_nll (tests compare per token with llama.cpp)
 };
 
 // One window: tokens [start, start+length); logits rows [first_row, length-1)
@@ -88,6 +89,7 @@ struct PplResult {
   int64_t n_scored = 0;
   std::vector<double> running_ppl;    // after each window, as llama.cpp prints "[i]x"
   std::vector<double> running_error;  // its +/- after each window (0 until two tokens)
+  std::vector<double> token_nll;      // every scored token in order, when keep_token_nll
 };
 
 // Evaluates windows one at a time: memory holds one window's scored logits.
@@ -96,7 +98,8 @@ PplResult evaluate_perplexity(std::span<const int32_t> tokens, int64_t n_vocab, 
 
 // Adds -log p(target) of each scored row to acc (helper shared with callers
 // that produce logits themselves).
+// `keep`, when given, receives each row's value too.
 void accumulate_nll(std::span<const float> logits, std::span<const int32_t> targets, int64_t n_vocab,
-                    NllAccumulator& acc);
+                    NllAccumulator& acc, std::vector<double>* keep = nullptr);
 
 }  // namespace tailor::eval
