@@ -13,6 +13,7 @@
 #include "tailor/analysis/local_error.h"
 #include "tailor/eval/run_eval.h"
 #include "tailor/quant/codec.h"
+#include "tailor/util/error.h"
 
 namespace tailor::analysis {
 namespace {
@@ -150,6 +151,10 @@ TEST_F(Analysis, FastKldEqualsNaiveAndRestoresWeights) {
     EXPECT_EQ(fast.tokens, naive.tokens);
     EXPECT_GT(fast.kld.value, 0) << name;
     EXPECT_NEAR(fast.kld.value, naive.kld.value, 1e-5 * naive.kld.value) << name;
+    std::printf("%s Q3_K: KLD fast %.9g naive %.9g (rel diff %.2g), dPPL %.5g +/- %.2g, %.3f s vs %.3f s\n",
+                name.c_str(), fast.kld.value, naive.kld.value,
+                std::abs(fast.kld.value - naive.kld.value) / naive.kld.value, fast.ppl_diff.value,
+                fast.ppl_diff.error, fast.seconds, naive.seconds);
     EXPECT_NEAR(fast.ppl_diff.value, naive.ppl_diff.value, 1e-5 * std::abs(naive.ppl) ) << name;
     const engine::Weight& after = model_->weight(name);
     ASSERT_EQ(after.f32.size(), before.size());
@@ -168,7 +173,7 @@ TEST_F(Analysis, AdaptiveStopsEarlierForTinyErrors) {
   BlockCache cache(*model_, tokens_, {.n_ctx = 128, .max_windows = 8, .top_k = 32});
   const std::string name = "blk.3.ffn_down.weight";
   const engine::Weight& w = model_->weight(name);
-  const AdaptiveOptions opt{.first_batch = 1, .max_rel_error = 0.10, .noise_floor = 2e-4};
+  const AdaptiveOptions opt{.first_batch = 1, .max_rel_error = 0.05, .noise_floor = 2e-4};
   const EndToEnd q8 = cache.measure(name, quantize_weight(w, GgmlType::Q8_0, {}), opt);
   const EndToEnd q2 = cache.measure(name, quantize_weight(w, GgmlType::Q2_K, {}), opt);
   RecordProperty("q8_tokens", std::to_string(q8.tokens));
@@ -179,9 +184,14 @@ TEST_F(Analysis, AdaptiveStopsEarlierForTinyErrors) {
   EXPECT_LT(q8.kld.value, q2.kld.value);
   EXPECT_EQ(q8.stop, StopReason::BelowFloor);
   EXPECT_NE(q2.stop, StopReason::BelowFloor);
-  // Fewer tokens for Q8_0, or Q2_K too was precise after the first batch.
-  if (q8.tokens >= q2.tokens) EXPECT_EQ(q2.stop, StopReason::Precise);
-  EXPECT_LE(q8.tokens, q2.tokens);
+  // Q8_0 is settled by its first window; Q2_K's 5% needs more of them.
+  EXPECT_EQ(q8.windows, 1);
+  EXPECT_LT(q8.tokens, q2.tokens);
+  if (q2.stop == StopReason::Precise) {
+    EXPECT_LT(q2.kld.error, 0.05 * q2.kld.value);
+  } else {
+    EXPECT_EQ(q2.windows, 8);  // ran out of windows before reaching 5%
+  }
 }
 
 }  // namespace
