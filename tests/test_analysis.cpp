@@ -178,17 +178,19 @@ TEST_F(Analysis, AdaptiveStopsEarlierForTinyErrors) {
   const EndToEnd q2 = cache.measure(name, quantize_weight(w, GgmlType::Q2_K, {}), opt);
   RecordProperty("q8_tokens", std::to_string(q8.tokens));
   RecordProperty("q2_tokens", std::to_string(q2.tokens));
-  std::printf("Q8_0: KLD %.3g +/- %.2g, %lld tokens (%s); Q2_K: KLD %.3g +/- %.2g, %lld tokens (%s)\n",
-              q8.kld.value, q8.kld.error, (long long)q8.tokens, stop_reason_name(q8.stop),
-              q2.kld.value, q2.kld.error, (long long)q2.tokens, stop_reason_name(q2.stop));
+  std::printf("Q8_0: KLD %.3g +/- %.2g, %lld tokens (%s); Q2_K: KLD %.3g +/- %.2g (windows %.2g), "
+              "%lld tokens (%s)\n",
+              q8.kld.value, q8.kld.error, (long long)q8.tokens, stop_reason_name(q8.stop), q2.kld.value,
+              q2.kld.error, q2.kld_window_error, (long long)q2.tokens, stop_reason_name(q2.stop));
   EXPECT_LT(q8.kld.value, q2.kld.value);
   EXPECT_EQ(q8.stop, StopReason::BelowFloor);
   EXPECT_NE(q2.stop, StopReason::BelowFloor);
   // Q8_0 is settled by its first window; Q2_K's 5% needs more of them.
   EXPECT_EQ(q8.windows, 1);
   EXPECT_LT(q8.tokens, q2.tokens);
+  EXPECT_GT(q2.kld_window_error, 0);
   if (q2.stop == StopReason::Precise) {
-    EXPECT_LT(q2.kld.error, 0.05 * q2.kld.value);
+    EXPECT_LT(std::max(q2.kld.error, q2.kld_window_error), 0.05 * q2.kld.value);
   } else {
     EXPECT_EQ(q2.windows, 8);  // ran out of windows before reaching 5%
   }

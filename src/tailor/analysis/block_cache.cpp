@@ -81,8 +81,8 @@ void BlockCache::add_window_refs(Window& w, const float* logits, int64_t length,
   }
 }
 
-void BlockCache::score(const Window& w, const float* logits, int64_t length, int64_t vocab,
-                       eval::KldAccumulator& acc) const {
+double BlockCache::score(const Window& w, const float* logits, int64_t length, int64_t vocab,
+                         eval::KldAccumulator& acc) const {
   const int64_t rows = length - 1, k = std::min(opt_.top_k, vocab);
   std::vector<eval::RefRow> refs(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
@@ -93,7 +93,10 @@ void BlockCache::score(const Window& w, const float* logits, int64_t length, int
     ref.logprobs = std::span<const float>(w.logprobs.data() + r * k, size_t(k));
     ref.tail_logprob = w.tails[size_t(r)];
   }
-  acc.add_rows(std::span<const float>(logits, size_t(rows * vocab)), refs);
+  eval::KldAccumulator one;
+  one.add_rows(std::span<const float>(logits, size_t(rows * vocab)), refs);
+  acc.merge(one);
+  return one.report().kld.value;
 }
 
 int64_t BlockCache::entry_block(const std::string& name) const {
@@ -108,7 +111,8 @@ int64_t BlockCache::entry_block(const std::string& name) const {
   return -1;  // the embedding, or anything else: re-run everything
 }
 
-void BlockCache::run_batch(int64_t entry, int64_t first, int64_t count, eval::KldAccumulator& acc) {
+void BlockCache::run_batch(int64_t entry, int64_t first, int64_t count, eval::KldAccumulator& acc,
+                           std::vector<double>& window_klds) {
   engine::Hidden h;
   int64_t start = entry;
   if (entry < 0) {
@@ -126,13 +130,24 @@ void BlockCache::run_batch(int64_t entry, int64_t first, int64_t count, eval::Kl
   }
   for (int64_t i = start; i < model_.num_layers(); ++i) model_.run_block(i, h);
   model_.final_logits(h, [&](size_t seq, const float* logits, int64_t length, int64_t vocab) {
-    score(windows_[size_t(first) + seq], logits, length, vocab, acc);
+    window_klds.push_back(score(windows_[size_t(first) + seq], logits, length, vocab, acc));
   });
 }
 
 namespace {
 
-EndToEnd result_of(const eval::KldAccumulator& acc) {
+// Standard error of the mean of the per-window values (windows hold equal token counts).
+double window_error(const std::vector<double>& v) {
+  const size_t n = v.size();
+  if (n < 2) return 0;
+  double mean = 0, ss = 0;
+  for (double x : v) mean += x;
+  mean /= double(n);
+  for (double x : v) ss += (x - mean) * (x - mean);
+  return std::sqrt(ss / double(n - 1) / double(n));
+}
+
+EndToEnd result_of(const eval::KldAccumulator& acc, const std::vector<double>& window_klds) {
   const eval::KldReport r = acc.report();
   EndToEnd e;
   e.kld = r.kld;
@@ -140,6 +155,7 @@ EndToEnd result_of(const eval::KldAccumulator& acc) {
   e.ppl = r.ppl.value;
   e.ppl_base = r.ppl_base.value;
   e.tokens = r.count;
+  e.kld_window_error = window_error(window_klds);
   return e;
 }
 
@@ -169,6 +185,7 @@ EndToEnd BlockCache::measure(const std::string& name, engine::Weight replacement
   const int64_t entry = entry_block(name);
   const int64_t n = opt.max_windows < 0 ? windows() : std::min(windows(), opt.max_windows);
   eval::KldAccumulator acc;
+  std::vector<double> window_klds;
   StopReason stop = StopReason::Exhausted;
   int64_t done = 0;
   {
@@ -176,22 +193,23 @@ EndToEnd BlockCache::measure(const std::string& name, engine::Weight replacement
     int64_t target = std::max<int64_t>(1, opt.first_batch);
     while (done < n) {
       const int64_t count = std::min(target, n) - done;
-      run_batch(entry, done, count, acc);
+      run_batch(entry, done, count, acc, window_klds);
       done += count;
       target = done * 2;
-      const eval::Estimate k = acc.report().kld;
       if (acc.count() < 2) continue;
-      if (k.value + 2 * k.error < opt.noise_floor) {
+      const double mean = acc.report().kld.value;
+      const double se = std::max(acc.report().kld.error, window_error(window_klds));
+      if (mean + 2 * se < opt.noise_floor) {
         stop = StopReason::BelowFloor;
         break;
       }
-      if (k.value > 0 && k.error / k.value < opt.max_rel_error) {
+      if (window_klds.size() >= 2 && mean > 0 && se / mean < opt.max_rel_error) {
         stop = StopReason::Precise;
         break;
       }
     }
   }
-  EndToEnd e = result_of(acc);
+  EndToEnd e = result_of(acc, window_klds);
   e.windows = done;
   e.stop = stop;
   e.seconds = seconds_since(t0);
@@ -202,15 +220,16 @@ EndToEnd BlockCache::measure_naive(const std::string& name, engine::Weight repla
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t n = std::clamp<int64_t>(n_windows, 1, windows());
   eval::KldAccumulator acc;
+  std::vector<double> window_klds;
   {
     SwapGuard guard(model_, name, std::move(replacement));
     engine::Sequences seqs;
     for (int64_t w = 0; w < n; ++w) seqs.push_back(windows_[size_t(w)].tokens);
     model_.forward(seqs, [&](size_t seq, const float* logits, int64_t length, int64_t vocab) {
-      score(windows_[seq], logits, length, vocab, acc);
+      window_klds.push_back(score(windows_[seq], logits, length, vocab, acc));
     });
   }
-  EndToEnd e = result_of(acc);
+  EndToEnd e = result_of(acc, window_klds);
   e.windows = n;
   e.seconds = seconds_since(t0);
   return e;

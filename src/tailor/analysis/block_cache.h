@@ -25,8 +25,9 @@ struct CacheOptions {
 
 struct AdaptiveOptions {
   int64_t first_batch = 2;        // windows in the first batch; each later batch doubles the total
-  double max_rel_error = 0.10;    // stop when se(KLD) / KLD falls below this
-  double noise_floor = 1e-4;      // stop when KLD + 2 se(KLD) is below this (nats)
+  // se = max(per-token, per-window standard error); a precise stop needs two windows.
+  double max_rel_error = 0.10;    // stop when se / KLD falls below this
+  double noise_floor = 1e-4;      // stop when KLD + 2 se is below this (nats)
   int64_t max_windows = -1;       // -1: all cached windows
 };
 
@@ -34,7 +35,13 @@ enum class StopReason { Precise, BelowFloor, Exhausted };
 const char* stop_reason_name(StopReason r);
 
 struct EndToEnd {
-  eval::Estimate kld, ppl_diff;  // mean KL(base || quantized), PPL(Q) - PPL(base)
+  // Mean KL(base || quantized) and PPL(Q) - PPL(base), errors as llama.cpp
+  // computes them (tokens taken as independent).
+  eval::Estimate kld, ppl_diff;
+  // Standard error of the KLD from the spread of per-window means (0 with one
+  // window). Tokens of one window are correlated, so the per-token error
+  // understates the uncertainty; stopping uses the larger of the two.
+  double kld_window_error = 0;
   double ppl = 0, ppl_base = 0;
   int64_t tokens = 0, windows = 0;
   StopReason stop = StopReason::Exhausted;
@@ -70,9 +77,11 @@ class BlockCache {
     std::vector<float> tails, target_logprobs;
   };
   void add_window_refs(Window& w, const float* logits, int64_t length, int64_t vocab);
-  void score(const Window& w, const float* logits, int64_t length, int64_t vocab,
-             eval::KldAccumulator& acc) const;
-  void run_batch(int64_t entry, int64_t first, int64_t count, eval::KldAccumulator& acc);
+  // Adds the window's rows to acc and returns the window's mean KLD.
+  double score(const Window& w, const float* logits, int64_t length, int64_t vocab,
+               eval::KldAccumulator& acc) const;
+  void run_batch(int64_t entry, int64_t first, int64_t count, eval::KldAccumulator& acc,
+                 std::vector<double>& window_klds);
 
   engine::Model& model_;
   CacheOptions opt_;
