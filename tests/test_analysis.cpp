@@ -169,6 +169,23 @@ TEST_F(Analysis, FastKldEqualsNaiveAndRestoresWeights) {
   EXPECT_EQ(cache.entry_block("token_embd.weight"), -1);
 }
 
+TEST_F(Analysis, CacheIsBoundedAndRefusesShortText) {
+  const std::vector<int32_t> two(tokens_.begin(), tokens_.begin() + 2 * 128);
+  // One window's hidden states (9 x 128 x 512 floats) exceed 1 MiB: keep one.
+  BlockCache small(*model_, two, {.n_ctx = 128, .max_windows = 2, .max_cache_bytes = 1 << 20});
+  EXPECT_EQ(small.windows(), 1);
+  EXPECT_EQ(small.dropped_windows(), 1);
+  EXPECT_GE(small.bytes(), 9 * 128 * 512 * 4);
+  EXPECT_THROW(BlockCache(*model_, std::vector<int32_t>(100, 1), {.n_ctx = 128}), Error);
+  EXPECT_THROW(BlockCache(*model_, two, {.n_ctx = 1}), Error);
+  // A replacement of the wrong shape is refused and leaves the model as it was.
+  engine::Weight wrong;
+  wrong.shape = {3, 3};
+  wrong.f32.assign(9, 0.0f);
+  EXPECT_THROW(small.measure("blk.0.attn_q.weight", wrong), Error);
+  EXPECT_EQ(model_->weight("blk.0.attn_q.weight").shape, (std::vector<int64_t>{512, 512}));
+}
+
 TEST_F(Analysis, AdaptiveStopsEarlierForTinyErrors) {
   BlockCache cache(*model_, tokens_, {.n_ctx = 128, .max_windows = 8, .top_k = 32});
   const std::string name = "blk.3.ffn_down.weight";
