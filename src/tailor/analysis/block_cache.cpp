@@ -203,7 +203,8 @@ EndToEnd BlockCache::measure(const std::string& name, engine::Weight replacement
         stop = StopReason::BelowFloor;
         break;
       }
-      if (window_klds.size() >= 2 && mean > 0 && se / mean < opt.max_rel_error) {
+      const int64_t need = std::max<int64_t>(2, opt.min_windows_precise);
+      if (int64_t(window_klds.size()) >= need && mean > 0 && se / mean < opt.max_rel_error) {
         stop = StopReason::Precise;
         break;
       }

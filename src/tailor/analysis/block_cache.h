@@ -25,8 +25,11 @@ struct CacheOptions {
 
 struct AdaptiveOptions {
   int64_t first_batch = 2;        // windows in the first batch; each later batch doubles the total
-  // se = max(per-token, per-window standard error); a precise stop needs two windows.
+  // se = max(per-token, per-window standard error).
   double max_rel_error = 0.10;    // stop when se / KLD falls below this
+  // ... but only once this many windows are in: the spread of two or three
+  // window means is too noisy to trust (bench_measure saw 25% misses with two).
+  int64_t min_windows_precise = 4;
   double noise_floor = 1e-4;      // stop when KLD + 2 se is below this (nats)
   int64_t max_windows = -1;       // -1: all cached windows
 };
