@@ -15,6 +15,12 @@ namespace {
 
 int64_t out_features(const Weight& w) { return w.shape[w.shape.size() - 2]; }
 
+// At least n floats of a reused buffer; contents are whatever was left there.
+float* scratch(std::vector<float>& buf, int64_t n) {
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
 // y[rows, out] = x[rows, in] W^T (+ bias), with W one expert's slice of a
 // merged tensor when expert >= 0; then the hook sees it.
 void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, float* y,
@@ -37,11 +43,12 @@ void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, 
 void run_mlp(Model::State& s, const Linear& gate, const Linear& up, const Linear& down,
              const float* x, int64_t rows, float* out, int64_t expert = -1) {
   const int64_t ff = out_features(*gate.w);
-  std::vector<float> g(static_cast<size_t>(rows * ff)), u(g.size());
-  run_linear(s, gate, x, rows, g.data(), expert);
-  run_linear(s, up, x, rows, u.data(), expert);
-  s.backend->swiglu(g.data(), u.data(), g.data(), rows * ff);
-  run_linear(s, down, g.data(), rows, out, expert);
+  float* g = scratch(s.scratch.gate, rows * ff);
+  float* u = scratch(s.scratch.up, rows * ff);
+  run_linear(s, gate, x, rows, g, expert);
+  run_linear(s, up, x, rows, u, expert);
+  s.backend->swiglu(g, u, g, rows * ff);
+  run_linear(s, down, g, rows, out, expert);
 }
 
 // Routed experts (and a sigmoid-gated shared expert when the layer has one),
@@ -163,35 +170,39 @@ void Model::run_block(int64_t layer, Hidden& h) {
   const float eps = static_cast<float>(c.rms_norm_eps);
   const RopeTable& rope = rope_for(s, h.lengths);
 
-  std::vector<float> xn(static_cast<size_t>(rows * d)), tmp(xn.size());
-  std::vector<float> q(static_cast<size_t>(rows * nh * hd)), att(q.size());
-  std::vector<float> k(static_cast<size_t>(rows * nkv * hd)), v(k.size());
-  be.rms_norm(h.data.data(), L.attn_norm->f32.data(), xn.data(), rows, d, eps);
-  run_linear(s, L.q, xn.data(), rows, q.data());
-  run_linear(s, L.k, xn.data(), rows, k.data());
-  run_linear(s, L.v, xn.data(), rows, v.data());
+  Model::State::Scratch& w = s.scratch;
+  float* xn = scratch(w.xn, rows * d);
+  float* tmp = scratch(w.tmp, rows * d);
+  float* q = scratch(w.q, rows * nh * hd);
+  float* att = scratch(w.att, rows * nh * hd);
+  float* k = scratch(w.k, rows * nkv * hd);
+  float* v = scratch(w.v, rows * nkv * hd);
+  be.rms_norm(h.data.data(), L.attn_norm->f32.data(), xn, rows, d, eps);
+  run_linear(s, L.q, xn, rows, q);
+  run_linear(s, L.k, xn, rows, k);
+  run_linear(s, L.v, xn, rows, v);
   if (L.q_norm != nullptr) {
-    be.rms_norm(q.data(), L.q_norm->f32.data(), q.data(), rows * nh, hd, eps);
-    be.rms_norm(k.data(), L.k_norm->f32.data(), k.data(), rows * nkv, hd, eps);
+    be.rms_norm(q, L.q_norm->f32.data(), q, rows * nh, hd, eps);
+    be.rms_norm(k, L.k_norm->f32.data(), k, rows * nkv, hd, eps);
   }
-  be.rope(q.data(), rows, nh, hd, rope);
-  be.rope(k.data(), rows, nkv, hd, rope);
+  be.rope(q, rows, nh, hd, rope);
+  be.rope(k, rows, nkv, hd, rope);
   int64_t off = 0;
   for (int64_t len : h.lengths) {
     AttentionShape shape{len, len, nh, nkv, hd, static_cast<float>(1.0 / std::sqrt(double(hd)))};
-    be.attention(shape, q.data() + off * nh * hd, k.data() + off * nkv * hd,
-                 v.data() + off * nkv * hd, att.data() + off * nh * hd);
+    be.attention(shape, q + off * nh * hd, k + off * nkv * hd, v + off * nkv * hd,
+                 att + off * nh * hd);
     off += len;
   }
-  run_linear(s, L.o, att.data(), rows, tmp.data());
-  be.add(h.data.data(), tmp.data(), rows * d);
+  run_linear(s, L.o, att, rows, tmp);
+  be.add(h.data.data(), tmp, rows * d);
 
-  be.rms_norm(h.data.data(), L.ffn_norm->f32.data(), xn.data(), rows, d, eps);
+  be.rms_norm(h.data.data(), L.ffn_norm->f32.data(), xn, rows, d, eps);
   if (L.router)
-    run_moe(s, L, xn.data(), rows, tmp.data());
+    run_moe(s, L, xn, rows, tmp);
   else
-    run_mlp(s, L.gate, L.up, L.down, xn.data(), rows, tmp.data());
-  be.add(h.data.data(), tmp.data(), rows * d);
+    run_mlp(s, L.gate, L.up, L.down, xn, rows, tmp);
+  be.add(h.data.data(), tmp, rows * d);
 }
 
 void Model::final_logits(const Hidden& h, const LogitsFn& on_logits) {

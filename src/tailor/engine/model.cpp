@@ -13,6 +13,7 @@
 #include "tailor/quant/codec.h"
 #include "tailor/util/error.h"
 #include "tailor/util/fp16.h"
+#include "tailor/util/mapped_file.h"
 
 namespace tailor::engine {
 namespace {
@@ -281,6 +282,7 @@ Model Model::load_hf(const std::string& folder, const LoadOptions& options) {
       w.shape = t.shape;
       w.f32.resize(static_cast<size_t>(t.numel()));
       Safetensors::to_f32(t, w.f32.data());
+      drop_mapped_pages(t.data, t.nbytes);
       continue;
     }
     // Per-expert matrices stack into [experts, out, in] in expert order.
@@ -294,6 +296,7 @@ Model Model::load_hf(const std::string& folder, const LoadOptions& options) {
            shape_str(t.shape), shape_str({w.shape.begin() + 1, w.shape.end()}));
     }
     Safetensors::to_f32(t, w.f32.data() + m->expert * t.numel());
+    drop_mapped_pages(t.data, t.nbytes);
     ++experts_seen[m->name];
   }
   for (const auto& [name, n] : experts_seen)

@@ -45,6 +45,12 @@ struct Model::State {
   std::vector<int64_t> rope_lengths;
   RopeTable rope;
 
+  // Activation buffers reused by every block and forward: allocating them
+  // per layer cost page faults and zeroing comparable to the elementwise ops.
+  struct Scratch {
+    std::vector<float> xn, tmp, q, k, v, att, gate, up;
+  } scratch;
+
   // Resolves names into layers and checks every shape against cfg, so the
   // forward pass never reads outside a tensor.
   void bind();

@@ -28,4 +28,10 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Hands the whole pages inside [p, p + n) of a read-only file mapping back to
+// the kernel (madvise DONTNEED): a loader that converts tensors to f32 would
+// otherwise hold the file's pages and the copies at once. Reading them again
+// faults them back in from the file, so this is only about memory.
+void drop_mapped_pages(const void* p, size_t n);
+
 }  // namespace tailor
