@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "format_test_util.h"
+
 namespace tailor::test {
 
 struct CommandResult {
@@ -21,14 +23,8 @@ inline std::string slurp(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), {}};
 }
 
-inline std::string temp_dir() {
-  static std::string dir = [] {
-    char tmpl[] = "/tmp/tailor-test-XXXXXX";
-    const char* d = ::mkdtemp(tmpl);
-    return std::string(d ? d : "/tmp");
-  }();
-  return dir;
-}
+// The test program's scratch folder (removed at exit).
+inline std::string temp_dir() { return scratch_dir("tailor_cli").string(); }
 
 // `args` is appended to the CLI path verbatim (quote paths with spaces yourself).
 inline CommandResult run_cli(const std::string& args) {

@@ -132,19 +132,9 @@ json inspect_path(const std::string& path, size_t max_array_items) {
   std::error_code ec;
   if (!fs::exists(path, ec)) fail("{}: no such file or folder", path);
   fs::path p(path);
-  if (fs::is_directory(p, ec)) {
-    bool has_weights = fs::exists(p / "model.safetensors.index.json") || fs::exists(p / "model.safetensors");
-    if (!has_weights) {
-      for (const auto& e : fs::directory_iterator(p))
-        if (e.path().extension() == ".safetensors") { has_weights = true; break; }
-    }
-    if (!has_weights) {
-      for (const auto& e : fs::directory_iterator(p))
-        if (e.path().extension() == ".gguf") fail("{}: a folder with GGUF files; name the .gguf file to inspect", path);
-      fail("{}: no safetensors weights in this folder", path);
-    }
-    return inspect_safetensors(path, path);
-  }
+  // A folder is a Hugging Face checkpoint; Safetensors::open finds its weights
+  // (index, single file) and says what is missing.
+  if (fs::is_directory(p, ec)) return inspect_safetensors(path, path);
   // Decide by content, not by extension: GGUF files start with the magic "GGUF".
   char magic[4] = {};
   {
