@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli_runner.h"
+#include "sqlite_test_util.h"
 #include "tailor/formats/gguf.h"
 #include "tailor/jobs/job_store.h"
 #include "tailor/util/error.h"
@@ -24,6 +25,8 @@ namespace fs = std::filesystem;
 using namespace tailor;
 using namespace tailor::jobs;
 using tailor::test::run_cli;
+using tailor::test::exec_sql;
+using tailor::test::query_int;
 using tailor::test::slurp;
 
 namespace {
@@ -57,28 +60,6 @@ JobSpec spec_for(int n, nlohmann::json settings = {{"level", "proxy"}}) {
 nlohmann::json fake_metrics(const std::string& key) {
   const uint64_t h = std::hash<std::string>{}(key);
   return {{"bytes", int64_t(h % 100000)}, {"rmse", double(h % 977) / 1000.0}, {"note", "a,b \"c\""}};
-}
-
-void exec_sql(const std::string& db, const std::string& sql) {
-  sqlite3* h = nullptr;
-  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
-  char* err = nullptr;
-  const int rc = sqlite3_exec(h, sql.c_str(), nullptr, nullptr, &err);
-  EXPECT_EQ(rc, SQLITE_OK) << (err ? err : "");
-  sqlite3_free(err);
-  sqlite3_close(h);
-}
-
-int64_t query_int(const std::string& db, const std::string& sql) {
-  sqlite3* h = nullptr;
-  sqlite3_open(db.c_str(), &h);
-  sqlite3_stmt* s = nullptr;
-  int64_t v = -1;
-  if (sqlite3_prepare_v2(h, sql.c_str(), -1, &s, nullptr) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
-    v = sqlite3_column_int64(s, 0);
-  sqlite3_finalize(s);
-  sqlite3_close(h);
-  return v;
 }
 
 // key -> metrics of every done unit.

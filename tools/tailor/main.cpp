@@ -31,10 +31,13 @@ int main(int argc, char** argv) {
   tailor::cli::register_imatrix(app);
   tailor::cli::register_generate(app);
   tailor::cli::register_jobs(app);
+  tailor::cli::register_measure(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const tailor::cli::ExitCode& e) {
+    return e.code;
   } catch (const tailor::Error& e) {
     std::fprintf(stderr, "tailor: error: %s\n", e.what());
     return 1;

@@ -161,7 +161,7 @@ engine::Weight quantize_weight(const engine::Weight& w, GgmlType type, std::span
 
 LocalError measure_local(const std::string& name, const engine::Weight& w, GgmlType type,
                          std::span<const float> importance,
-                         const std::vector<ActivationSample>* activations) {
+                         const std::vector<ActivationSample>* activations, engine::Weight* dequantized) {
   LocalError r;
   r.tensor = name;
   r.type = type;
@@ -173,7 +173,7 @@ LocalError measure_local(const std::string& name, const engine::Weight& w, GgmlT
   r.bytes = int64_t(row_size(type, w.cols())) * w.rows();
   r.bits_per_weight = 8.0 * double(r.bytes) / double(w.numel());
   const std::vector<float> values = weight_values(w);
-  const engine::Weight q = quantize_weight(w, type, importance);
+  engine::Weight q = quantize_weight(w, type, importance);
   const int64_t experts = expert_count(w), cols = w.cols(), rows_per = w.rows() / experts;
   Sums total;
   for (int64_t e = 0; e < experts; ++e) {
@@ -185,6 +185,7 @@ LocalError measure_local(const std::string& name, const engine::Weight& w, GgmlT
     total.add(s);
   }
   r.total = total.stats();
+  if (dequantized) *dequantized = std::move(q);
   return r;
 }
 

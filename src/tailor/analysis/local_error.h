@@ -59,9 +59,12 @@ engine::Weight quantize_weight(const engine::Weight& w, GgmlType type, std::span
 std::vector<float> weight_values(const engine::Weight& w);
 
 // Local errors of quantizing `w` (named `name`) to `type`. importance as
-// above; activations: one sample (or one per expert), or nullptr.
+// above; activations: one sample (or one per expert), or nullptr. When
+// `dequantized` is given it receives quantize_weight's result (so a caller
+// that measures end to end next does not quantize twice).
 LocalError measure_local(const std::string& name, const engine::Weight& w, GgmlType type,
                          std::span<const float> importance,
-                         const std::vector<ActivationSample>* activations);
+                         const std::vector<ActivationSample>* activations,
+                         engine::Weight* dequantized = nullptr);
 
 }  // namespace tailor::analysis

@@ -595,6 +595,14 @@ std::vector<LogLine> JobStore::log_lines(int64_t job_id, int64_t last_n) {
   return out;
 }
 
+std::optional<nlohmann::json> JobStore::unit_metrics(int64_t job_id, const std::string& key) {
+  Stmt s(impl_->db,
+         "SELECT r.metrics FROM units u JOIN results r ON r.unit_id=u.id WHERE u.job_id=? AND u.key=?");
+  s.bind(1, job_id).bind(2, key);
+  if (!s.step()) return std::nullopt;
+  return nlohmann::json::parse(s.text(0), nullptr, false);
+}
+
 nlohmann::json JobStore::export_json(int64_t job_id) {
   const JobInfo j = job(job_id);
   nlohmann::json units = nlohmann::json::array();

@@ -105,6 +105,8 @@ class JobStore {
   void log(int64_t job_id, const std::string& line);
   std::vector<LogLine> log_lines(int64_t job_id, int64_t last_n = -1);
 
+  // The stored result of one unit (by key), if it is done.
+  std::optional<nlohmann::json> unit_metrics(int64_t job_id, const std::string& key);
   // Every unit with its state and (if done) its metrics.
   nlohmann::json export_json(int64_t job_id);
   std::string export_csv(int64_t job_id);
