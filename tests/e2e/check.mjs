@@ -3,8 +3,10 @@
 // Cases: llama30m-f32, llama30m-q8_0, llama30m-q4_k, moe26m-q8_0, llama30m-tensors,
 // tokenizer-<name> (a shared/tokenizers folder), arch-<name> (an
 // arch-refs model), ppl-f32 / ppl-q8_0 (tailor eval's perplexity against
-// llama.cpp's log-probabilities on the same windows). Prints one JSON line of
-// figures; exits 1 on failure.
+// llama.cpp's log-probabilities on the same windows), llama30m-q4_k_m
+// (`tailor quantize` with llama.cpp's Q4_K_M recipe), kld-q4_k_m (tailor
+// eval's KL divergence of that file from the F32 one against llama.cpp's
+// logits). Prints one JSON line of figures; exits 1 on failure.
 import {execFileSync} from "node:child_process";
 import {mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from "node:fs";
 import {join} from "node:path";
@@ -28,6 +30,12 @@ function convert(folder, type, out) {
   return JSON.parse(json);
 }
 
+function quantize(folder, recipe, out) {
+  const json = execFileSync(args.tailor, ["quantize", folder, "-o", out, "--type", recipe, "--json"],
+                            {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 1 << 26});
+  return JSON.parse(json);
+}
+
 const readJson = (p) => JSON.parse(readFileSync(p, "utf8"));
 const commonPrefix = (a, b) => { let n = 0; while (n < a.length && n < b.length && a[n] === b[n]) ++n; return n; };
 
@@ -40,14 +48,26 @@ function logSoftmaxAt(row, tok) {
 }
 
 // Greedy continuation of the reference prompt and per-position argmax on the probe ids.
-async function trained(modelName, type) {
+// `recipe`: write the file with `tailor quantize --type <recipe>` instead of convert.
+async function trained(modelName, type, recipe = null) {
   const dir = join(models, modelName);
   const ref = readJson(join(dir, "reference.json"));
-  const out = join(args.work, `${modelName}-${type}.gguf`);
-  const summary = convert(dir, type, out);
+  const out = join(args.work, `${modelName}-${recipe ?? type}.gguf`);
+  const summary = recipe ? quantize(dir, recipe, out) : convert(dir, type, out);
   const model = await loadModel(out);
   const res = {case: args.case, file_size: summary.file_size, tensors: summary.tensor_count};
   try {
+    if (recipe) {
+      // The file as written, read independently: llama_ftype and the types the recipe reported.
+      const h = readGgufHeader(out);
+      res.file_type = h.kv["general.file_type"];
+      res.bits_per_weight = summary.bits_per_weight;
+      expect(res.file_type === summary.file_type, `general.file_type ${res.file_type}, recipe says ${summary.file_type}`);
+      const ids = {F32: 0, Q4_K: 12, Q5_K: 13, Q6_K: 14, Q8_0: 8};
+      const reported = new Map(summary.tensors.map((t) => [t.name, ids[t.type]]));
+      const differ = h.tensors.filter((t) => reported.get(t.name) !== t.type).map((t) => t.name);
+      expect(differ.length === 0, `tensor types in the file differ from the summary: ${differ.join(", ")}`);
+    }
     const promptIds = [model.tokens.bos, ...model.tokenize(ref.greedy_prompt)];
     const nPrompt = promptIds.length;
     res.prompt_ids_match = JSON.stringify(promptIds) === JSON.stringify(ref.greedy_ids.slice(0, nPrompt));
@@ -75,7 +95,7 @@ async function trained(modelName, type) {
     expect(res.prompt_ids_match, `prompt tokenized differently: ${JSON.stringify(promptIds)}`);
     // Bounds per type: F32 must reproduce the reference; quantized files must
     // stay close (measured: Q8_0 64/64 and 62/64 probe argmax, Q4_K 56/64).
-    const bounds = {F32: [20, 60, 0.02], Q8_0: [8, 56, 0.05], Q4_K: [4, 48, 0.15]}[type];
+    const bounds = {F32: [20, 60, 0.02], Q8_0: [8, 56, 0.05], Q4_K: [4, 48, 0.15], Q4_K_M: [4, 52, 0.15]}[type];
     const [minPrefix, minAgree, maxRel] = bounds;
     expect(res.greedy_common_prefix >= minPrefix,
            `greedy continuation matches only ${res.greedy_common_prefix} tokens (< ${minPrefix})`);
@@ -311,11 +331,76 @@ async function perplexity(type) {
   return res;
 }
 
+// Mean KL(F32 || quantized) over llama-perplexity's scored positions (rows
+// ctx/2 .. ctx-2 of each window), once from llama.cpp's logits of the two
+// files and once from `tailor eval --save-logits` / `--kld-base`.
+async function kld(recipe) {
+  const chunks = 8, ctx = 512;
+  const dir = join(models, "llama-30m");
+  const refFile = join(args.work, "kld-F32.gguf"), qFile = join(args.work, `kld-${recipe}.gguf`);
+  const base = join(args.work, "kld-base.bin"), dump = join(args.work, "kld-tokens.json");
+  const text = join(args.shared, "text", "eval.txt");
+  convert(dir, "F32", refFile);
+  const summary = quantize(dir, recipe, qFile);
+  const evalArgs = ["--text", text, "--ctx", String(ctx), "--chunks", String(chunks), "--json"];
+  const tailorEval = (a) => JSON.parse(execFileSync(args.tailor, ["eval", ...a],
+                                                    {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"]}));
+  tailorEval([refFile, ...evalArgs, "--save-logits", base, "--logits-format", "llama", "--dump-tokens", dump]);
+  const t = tailorEval([qFile, ...evalArgs, "--kld-base", base]);
+  const d = readJson(dump);
+  const nVocab = readGgufHeader(refFile).kv["tokenizer.ggml.tokens"].length;
+  const mRef = await loadModel(refFile), mQ = await loadModel(qFile);
+  const res = {case: args.case, recipe, bits_per_weight: summary.bits_per_weight, kld_tailor: t.kld.kld.value,
+               kld_tailor_error: t.kld.kld.error, count_tailor: t.kld.count};
+  try {
+    const logSoftmax = (row) => {
+      let m = -Infinity;
+      for (const v of row) if (v > m) m = v;
+      let s = 0;
+      for (const v of row) s += Math.exp(v - m);
+      const lse = m + Math.log(s);
+      return row.map((v) => v - lse);
+    };
+    const kl = [];
+    let sameTop = 0;
+    const first = ctx / 2;
+    for (let w = 0; w < chunks; ++w) {
+      const win = d.ids.slice(w * ctx, (w + 1) * ctx);
+      win[0] = mRef.tokens.bos;
+      const rowsP = await positionLogits(mRef, win, nVocab, first);
+      const rowsQ = await positionLogits(mQ, win, nVocab, first);
+      for (let j = first; j < ctx - 1; ++j) {
+        const lp = logSoftmax(rowsP[j]), lq = logSoftmax(rowsQ[j]);
+        let k = 0;
+        for (let i = 0; i < nVocab; ++i) if (lp[i] > -Infinity) k += Math.exp(lp[i]) * (lp[i] - lq[i]);
+        kl.push(k);
+        sameTop += argmax(rowsP[j]) === argmax(rowsQ[j]) ? 1 : 0;
+      }
+    }
+    res.count_llama = kl.length;
+    res.kld_llama = kl.reduce((a, b) => a + b, 0) / kl.length;
+    res.same_top_llama = sameTop / kl.length;
+    res.same_top_tailor = t.kld.same_top.value;
+    res.ratio = res.kld_tailor / res.kld_llama;
+    expect(res.count_tailor === res.count_llama, `tailor scored ${res.count_tailor} positions, llama.cpp's protocol ${res.count_llama}`);
+    expect(Math.abs(res.ratio - 1) <= 0.05,
+           `KLD tailor ${res.kld_tailor} vs llama.cpp ${res.kld_llama}: ratio ${res.ratio} beyond 5%`);
+    expect(res.kld_llama > 0, "the quantized model's logits equal the F32 model's: nothing was quantized");
+  } finally {
+    await mRef.dispose();
+    await mQ.dispose();
+    for (const f of [refFile, qFile, base, dump]) rmSync(f, {force: true});
+  }
+  return res;
+}
+
 let result;
 try {
   if (args.case === "llama30m-f32") result = await trained("llama-30m", "F32");
   else if (args.case === "llama30m-q8_0") result = await trained("llama-30m", "Q8_0");
   else if (args.case === "llama30m-q4_k") result = await trained("llama-30m", "Q4_K");
+  else if (args.case === "llama30m-q4_k_m") result = await trained("llama-30m", "Q4_K_M", "Q4_K_M");
+  else if (args.case === "kld-q4_k_m") result = await kld("Q4_K_M");
   else if (args.case === "moe26m-q8_0") result = await trained("moe-26m", "Q8_0");
   else if (args.case === "ppl-f32") result = await perplexity("F32");
   else if (args.case === "ppl-q8_0") result = await perplexity("Q8_0");
