@@ -280,11 +280,12 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   const Vocab vocab = load_vocab(opts.input, c);
   std::vector<Planned> plan = plan_tensors(st, c, opts.type);
   apply_tensor_types(plan, opts);
-  // ggml refuses the lowest-bit types without importance values; in a uniform
-  // conversion, tensors the imatrix does not cover (the embedding, a lookup)
-  // get Q2_K instead, as llama-quantize gives the embedding in those file types.
+  // ggml refuses the lowest-bit types without importance values; tensors of
+  // the uniform type the imatrix does not cover (the embedding, a lookup) get
+  // Q2_K instead, as llama-quantize gives the embedding in those file types.
+  // (Tensors given a type by name were checked above.)
   for (Planned& p : plan)
-    if (opts.tensor_types.empty() && opts.imatrix && type_info(p.type).requires_imatrix &&
+    if (!opts.tensor_types.count(p.name) && opts.imatrix && type_info(p.type).requires_imatrix &&
         !opts.imatrix->find(p.name)) {
       if (p.ne[0] % 256 != 0) fail("convert: {} has no importance values and no fallback type fits its rows", p.name);
       p.type = GgmlType::Q2_K;
