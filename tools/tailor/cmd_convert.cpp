@@ -5,14 +5,13 @@
 #include <map>
 #include <optional>
 
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "tailor/convert/convert.h"
 #include "tailor/eval/imatrix.h"
 #include "tailor/util/error.h"
+#include "write_report.h"
 
 namespace tailor::cli {
 namespace {
@@ -37,23 +36,12 @@ void run_convert(const ConvertArgs& a) {
     im = eval::Imatrix::load(a.imatrix);
     o.imatrix = &*im;
   }
-  // The progress line rewrites itself, so only a terminal gets it.
-  const bool progress = !a.quiet && !a.json && isatty(fileno(stderr));
-  o.on_tensor = [&](const ConvertedTensor& ct, size_t i, size_t total) {
-    if (!progress) return;
-    std::fprintf(stderr, "\r[%3zu/%3zu] %-32s %-6s%s\x1b[K", i + 1, total, ct.name.c_str(),
-                 std::string(type_name(ct.type)).c_str(), ct.fell_back ? " (fallback)" : "");
-    if (i + 1 == total) std::fputc('\n', stderr);
-  };
+  o.on_tensor = tensor_progress(!a.quiet && !a.json);
   const auto t0 = std::chrono::steady_clock::now();
   ConvertResult r = convert_hf_to_gguf(o);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  // llama-quantize warns the same way: those tensors are quantized unweighted.
-  if (!a.quiet)
-    for (const std::string& n : r.missing_importance)
-      std::fprintf(stderr, "tailor: warning: %s has no importance values in %s; quantized unweighted\n", n.c_str(),
-                   a.imatrix.c_str());
+  if (!a.quiet) warn_missing_importance(r.missing_importance, a.imatrix);
   std::map<std::string, int> by_type;
   for (const auto& ct : r.tensors) ++by_type[std::string(type_name(ct.type))];
   if (a.json) {
@@ -70,11 +58,7 @@ void run_convert(const ConvertArgs& a) {
     j["missing_importance"] = r.missing_importance;
     j["seconds"] = secs;
     j["tensor_types"] = by_type;
-    nlohmann::json ts = nlohmann::json::array();
-    for (const auto& ct : r.tensors)
-      ts.push_back({{"name", ct.name}, {"ne", ct.ne}, {"type", std::string(type_name(ct.type))},
-                    {"bytes", ct.nbytes}, {"fallback", ct.fell_back}, {"imatrix", ct.weighted}});
-    j["tensors"] = ts;
+    j["tensors"] = tensors_json(r.tensors);
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }

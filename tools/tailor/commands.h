@@ -6,6 +6,7 @@ namespace tailor::cli {
 
 void register_inspect(CLI::App& app);
 void register_convert(CLI::App& app);
+void register_quantize(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_imatrix(CLI::App& app);
 void register_generate(CLI::App& app);

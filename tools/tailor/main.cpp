@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   tailor::cli::register_inspect(app);
   tailor::cli::register_convert(app);
+  tailor::cli::register_quantize(app);
   tailor::cli::register_eval(app);
   tailor::cli::register_imatrix(app);
   tailor::cli::register_generate(app);

@@ -24,20 +24,6 @@ namespace fs = std::filesystem;
 
 bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 
-GgmlType fallback_for(GgmlType t) {
-  switch (t) {
-    case GgmlType::IQ1_S: case GgmlType::IQ1_M: case GgmlType::IQ2_XXS: case GgmlType::IQ2_XS:
-    case GgmlType::IQ2_S: case GgmlType::IQ3_XXS: case GgmlType::IQ3_S: case GgmlType::IQ4_XS:
-      return GgmlType::IQ4_NL;
-    case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::TQ1_0: case GgmlType::TQ2_0:
-      return GgmlType::Q4_0;
-    case GgmlType::Q4_K: return GgmlType::Q5_0;
-    case GgmlType::Q5_K: return GgmlType::Q5_1;
-    case GgmlType::Q6_K: return GgmlType::Q8_0;
-    default: return t;  // already a 32-element block type: only F16 is left
-  }
-}
-
 // One output tensor and where its data comes from.
 struct Planned {
   std::string name;
@@ -212,50 +198,14 @@ std::vector<Planned> plan_tensors(const Safetensors& st, const ModelConfig& c, G
 GgmlType choose_tensor_type(const std::string& name, const std::vector<int64_t>& ne, GgmlType requested,
                             bool tied_embeddings, bool* fell_back) {
   if (fell_back) *fell_back = false;
-  if (ne.size() < 2 || name.ends_with("_norm.weight") || name.ends_with("ffn_gate_inp.weight"))
-    return GgmlType::F32;
+  if (!tensor_is_quantizable(name, ne)) return GgmlType::F32;
   if (is_float_type(requested)) return requested;
   GgmlType t = requested;
   const int64_t ncols = ne[0];
   const bool is_output = name == "output.weight" || (tied_embeddings && name == "token_embd.weight");
   if (is_output && t != GgmlType::Q8_0)
     t = row_fits(t, ncols) ? GgmlType::Q6_K : GgmlType::Q8_0;
-  if (!row_fits(t, ncols)) {
-    if (fell_back) *fell_back = true;
-    t = fallback_for(t);
-    if (!row_fits(t, ncols)) t = GgmlType::F16;
-  }
-  return t;
-}
-
-uint32_t llama_file_type(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32: return 0;
-    case GgmlType::F16: return 1;
-    case GgmlType::Q4_0: return 2;
-    case GgmlType::Q4_1: return 3;
-    case GgmlType::Q8_0: return 7;
-    case GgmlType::Q5_0: return 8;
-    case GgmlType::Q5_1: return 9;
-    case GgmlType::Q2_K: return 10;
-    case GgmlType::Q3_K: return 11;
-    case GgmlType::Q4_K: return 14;
-    case GgmlType::Q5_K: return 16;
-    case GgmlType::Q6_K: return 18;
-    case GgmlType::IQ2_XXS: return 19;
-    case GgmlType::IQ2_XS: return 20;
-    case GgmlType::IQ3_XXS: return 23;
-    case GgmlType::IQ1_S: return 24;
-    case GgmlType::IQ4_NL: return 25;
-    case GgmlType::IQ3_S: return 26;
-    case GgmlType::IQ2_S: return 28;
-    case GgmlType::IQ4_XS: return 30;
-    case GgmlType::IQ1_M: return 31;
-    case GgmlType::BF16: return 32;
-    case GgmlType::TQ1_0: return 36;
-    case GgmlType::TQ2_0: return 37;
-    default: return 1024;  // LLAMA_FTYPE_GUESSED
-  }
+  return fit_row_type(t, ncols, fell_back);
 }
 
 namespace {
@@ -285,7 +235,37 @@ bool quantize_weighted(const Planned& p, const std::vector<float>& f32, std::vec
   return true;
 }
 
+// Puts the caller's per-tensor types on the plan (see ConvertOptions::tensor_types).
+void apply_tensor_types(std::vector<Planned>& plan, const ConvertOptions& opts) {
+  if (opts.tensor_types.empty()) return;
+  std::map<std::string, Planned*> by_name;
+  for (Planned& p : plan) by_name[p.name] = &p;
+  for (const auto& [name, type] : opts.tensor_types) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) fail("{}: the model has no tensor '{}' to give type {}", opts.input, name, type_name(type));
+    Planned& p = *it->second;
+    const TypeInfo& info = type_info(type);
+    if (!info.can_quantize) fail("{}: Tailor cannot write type {}", name, info.name);
+    if (type != GgmlType::F32 && !tensor_is_quantizable(p.name, p.ne))
+      fail("{}: must stay F32 (llama.cpp does not quantize it), not {}", name, info.name);
+    p.type = fit_row_type(type, p.ne[0], &p.fell_back);
+    if (type_info(p.type).requires_imatrix && !(opts.imatrix && opts.imatrix->find(name)))
+      fail("{}: type {} needs importance values{}; pass --imatrix FILE", name, type_name(p.type),
+           opts.imatrix ? " and the imatrix has none for it" : "");
+  }
+}
+
 }  // namespace
+
+std::vector<TensorDesc> gguf_tensor_layout(const std::string& input) {
+  if (!fs::is_directory(input)) fail("{}: not a folder (expected a Hugging Face model folder)", input);
+  const ModelConfig c = load_model_config(input);
+  const Safetensors st = Safetensors::open(input);
+  if (st.tensors().empty()) fail("{}: the checkpoint holds no tensors", input);
+  std::vector<TensorDesc> out;
+  for (const Planned& p : plan_tensors(st, c, GgmlType::F32)) out.push_back({p.name, p.ne});
+  return out;
+}
 
 ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   const TypeInfo& req = type_info(opts.type);
@@ -299,11 +279,14 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   if (st.tensors().empty()) fail("{}: the checkpoint holds no tensors", opts.input);
   const Vocab vocab = load_vocab(opts.input, c);
   std::vector<Planned> plan = plan_tensors(st, c, opts.type);
-  // ggml refuses the lowest-bit types without importance values; tensors the
-  // imatrix does not cover (the embedding, a lookup) get Q2_K instead, as
-  // llama-quantize gives the embedding in those file types.
+  apply_tensor_types(plan, opts);
+  // ggml refuses the lowest-bit types without importance values; tensors of
+  // the uniform type the imatrix does not cover (the embedding, a lookup) get
+  // Q2_K instead, as llama-quantize gives the embedding in those file types.
+  // (Tensors given a type by name were checked above.)
   for (Planned& p : plan)
-    if (opts.imatrix && type_info(p.type).requires_imatrix && !opts.imatrix->find(p.name)) {
+    if (!opts.tensor_types.count(p.name) && opts.imatrix && type_info(p.type).requires_imatrix &&
+        !opts.imatrix->find(p.name)) {
       if (p.ne[0] % 256 != 0) fail("convert: {} has no importance values and no fallback type fits its rows", p.name);
       p.type = GgmlType::Q2_K;
       p.fell_back = true;
@@ -319,7 +302,7 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
   w.set("general.architecture", GgufValue::str(res.arch));
   w.set("general.name", GgufValue::str(name));
   for (const HParam& h : gguf_hparams(c)) w.set(h.key, to_gguf(h));
-  w.set("general.file_type", GgufValue::u32(llama_file_type(opts.type)));
+  w.set("general.file_type", GgufValue::u32(opts.file_type.value_or(llama_file_type(opts.type))));
   w.set("general.quantization_version", GgufValue::u32(2));
   set_vocab(w, vocab);
   for (const Planned& p : plan) w.add_tensor(p.name, p.ne, p.type);

@@ -4,9 +4,12 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "tailor/plan/recipes.h"
 #include "tailor/quant/types.h"
 
 namespace tailor {
@@ -28,6 +31,14 @@ struct ConvertOptions {
   std::string input;                 // HF model folder
   std::string output;                // .gguf path, written atomically
   GgmlType type = GgmlType::F16;     // type of the large matrices
+  // Per-tensor types by GGUF name (a recipe's or a strategy's choice); they
+  // override `type`. A row that does not fit the named type falls back as
+  // llama.cpp does; a name the model does not have, or a quantized type for a
+  // tensor that must stay F32, is an error. Named tensors of the lowest-bit
+  // types need importance values in `imatrix`.
+  std::map<std::string, GgmlType> tensor_types;
+  // general.file_type; default: llama_file_type(type).
+  std::optional<uint32_t> file_type;
   int threads = 0;                   // 0 = all cores
   std::string name;                  // general.name; default: the folder's name
   // Importance values per tensor (entries named as llama-imatrix names them,
@@ -51,6 +62,10 @@ struct ConvertResult {
 
 ConvertResult convert_hf_to_gguf(const ConvertOptions& opts);
 
+// The tensors a conversion of the HF folder writes (GGUF names, ggml shapes),
+// in file order, without reading any weights.
+std::vector<TensorDesc> gguf_tensor_layout(const std::string& input);
+
 // The type a tensor gets when `requested` is asked for, following llama.cpp's
 // rules for a uniform conversion: 1-D tensors and the MoE router stay F32; for
 // quantized requests the output matrix (the token embedding when tied) gets
@@ -58,8 +73,5 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts);
 // (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, i-quants -> IQ4_NL, then F16).
 GgmlType choose_tensor_type(const std::string& gguf_name, const std::vector<int64_t>& ne,
                             GgmlType requested, bool tied_embeddings, bool* fell_back = nullptr);
-
-// llama.cpp's general.file_type (llama_ftype) for a uniform conversion to `t`.
-uint32_t llama_file_type(GgmlType t);
 
 }  // namespace tailor
