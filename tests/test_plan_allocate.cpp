@@ -388,3 +388,36 @@ TEST(PlanAllocate, InfeasibleBudgetsSayTheMinimum) {
   EXPECT_THROW(allocate(ts, {Budget::Kind::Bytes, -1}), Error);
   EXPECT_THROW(allocate(ts, {Budget::Kind::Cost, std::nan("")}), Error);
 }
+
+TEST(PlanAllocate, ModelSizedInstancesAreProvenOptimal) {
+  // 300 tensors x up to 7 noisy types: too many for brute force, but the
+  // reduced-cost test plus the exact search settle it; the search-free mode
+  // can only be as good or worse.
+  std::mt19937 rng(11);
+  auto ts = random_instance(rng, 300, 7);
+  for (Budget::Kind kind : {Budget::Kind::Bytes, Budget::Kind::Cost}) {
+    double lo = 0, hi = 0;
+    for (const auto& t : ts) {
+      double mn = std::numeric_limits<double>::infinity(), mx = 0;
+      for (const auto& o : t.options) {
+        double w = kind == Budget::Kind::Bytes ? static_cast<double>(o.bytes) : o.cost;
+        mn = std::min(mn, w), mx = std::max(mx, w);
+      }
+      lo += mn, hi += mx;
+    }
+    for (double f : {0.1, 0.4, 0.8}) {
+      Budget b{kind, std::floor(lo + f * (hi - lo))};
+      if (kind == Budget::Kind::Cost) b.value = lo + f * (hi - lo);
+      Allocation a = allocate(ts, b);
+      EXPECT_TRUE(a.proven_optimal) << f;
+      EXPECT_LE(a.lower_bound, a.objective);
+      AllocateOptions no_search;
+      no_search.max_search_tensors = 0;
+      Allocation h = allocate(ts, b, no_search);
+      EXPECT_GE(h.objective, a.objective * (1 - 1e-12)) << f;
+      std::printf("%s budget at %.0f%%: relative Lagrangian gap %.3g, search-free answer %.3g%% worse\n",
+                  kind == Budget::Kind::Bytes ? "size" : "cost", 100 * f, a.gap / a.objective,
+                  100 * (h.objective / a.objective - 1));
+    }
+  }
+}

@@ -48,7 +48,7 @@ struct AllocateOptions {
   std::vector<GgmlType> allowed;  // empty: every type offered in the options
   // Bounds on the exact search (dynamic programming over the unsettled
   // tensors); past them the result is still feasible, only maybe not optimal.
-  size_t max_search_tensors = 64;
+  size_t max_search_tensors = 256;
   size_t max_search_states = 1 << 14;
 };
 
