@@ -421,3 +421,24 @@ TEST(PlanAllocate, ModelSizedInstancesAreProvenOptimal) {
     }
   }
 }
+
+TEST(PlanAllocate, TiesEverywhereStillSettle) {
+  // Identical tensors whose cost falls linearly with bits: every option of
+  // every tensor lies on one line, the worst case for the bound's reduction.
+  std::vector<TensorOptions> ts;
+  for (int i = 0; i < 400; ++i) {
+    TensorOptions t{"blk." + std::to_string(i) + ".ffn_up.weight", 256 * 4096, 4096, {}};
+    for (GgmlType ty : kLadder)
+      t.options.push_back({ty, bytes_of(ty, 256, 4096), 20 - type_info(ty).bits_per_weight(), 0, true});
+    ts.push_back(std::move(t));
+  }
+  // Every size is a multiple of 8192 bytes and cost falls linearly with
+  // size, so the optimum uses the budget rounded down to 8192 exactly; the
+  // Lagrangian bound (a fractional fill) cannot prove that, the answer must
+  // still reach it.
+  double elements = 400.0 * 256 * 4096;
+  double budget = std::floor(elements * 4.1 / 8);
+  Allocation a = allocate(ts, {Budget::Kind::Bytes, budget});
+  EXPECT_EQ(a.total_bytes, static_cast<int64_t>(budget) / 8192 * 8192);
+  EXPECT_LE(a.gap, 1e-4 * a.objective);
+}

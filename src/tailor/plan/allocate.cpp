@@ -4,8 +4,10 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <memory>
 #include <regex>
+#include <set>
 
 #include "tailor/util/error.h"
 
@@ -25,19 +27,20 @@ std::string_view trim(std::string_view s) {
 // ---- rules ---------------------------------------------------------------
 
 bool Rule::matches(std::string_view name) const {
-  // Compiled on demand and cached per pattern text: Rule stays a plain value.
-  thread_local std::string cached_pattern;
-  thread_local std::regex cached;
-  if (cached_pattern != pattern || cached_pattern.empty()) {
+  // Compiled on first use and cached per pattern text, so Rule stays a plain
+  // value and a plan over many tensors compiles each pattern once.
+  thread_local std::map<std::string, std::regex, std::less<>> cache;
+  auto it = cache.find(pattern);
+  if (it == cache.end()) {
     if (pattern.empty() || pattern.size() > kMaxPatternLength) fail("rule '{}': bad pattern length", text);
+    if (cache.size() >= 1024) cache.clear();
     try {
-      cached = std::regex("(?:^|\\.)(?:" + pattern + ")(?:\\.|$)", std::regex::ECMAScript);
+      it = cache.emplace(pattern, std::regex("(?:^|\\.)(?:" + pattern + ")(?:\\.|$)", std::regex::ECMAScript)).first;
     } catch (const std::regex_error& e) {
       fail("rule '{}': invalid pattern: {}", text, e.what());
     }
-    cached_pattern = pattern;
   }
-  return std::regex_search(name.begin(), name.end(), cached);
+  return std::regex_search(name.begin(), name.end(), it->second);
 }
 
 Rule parse_rule(std::string_view text) {
@@ -170,7 +173,7 @@ double total_v(const std::vector<Group>& g) {
 // when it finished without dropping states (so its answer is exact).
 bool search(std::vector<Group>& groups, const std::vector<size_t>& open,
             const std::vector<std::vector<size_t>>& candidates, double cap, double tol_w, double lambda,
-            size_t max_states) {
+            size_t max_states, size_t max_work) {
   if (open.empty()) return true;
   double fixed_w = 0, fixed_v = 0;
   std::vector<char> is_open(groups.size(), 0);
@@ -203,9 +206,13 @@ bool search(std::vector<Group>& groups, const std::vector<size_t>& open,
   stages[0].push_back({0, 0, 0, 0});
   bool exact = true;
   std::vector<State> next;
+  size_t work = 0;
   for (size_t k = 0; k < n; ++k) {
     next.clear();
     const auto& prev = stages[k];
+    // Out of effort: keep the incumbent, the caller improves it locally.
+    work += prev.size() * candidates[k].size();
+    if (work > max_work) return false;
     for (uint32_t p = 0; p < prev.size(); ++p)
       for (size_t j : candidates[k]) {
         const Item& it = groups[open[k]].items[j];
@@ -361,48 +368,74 @@ Solution solve(std::vector<Group>& groups, double cap, double tol_w, const Alloc
     bound += best;
   }
   sol.lower_bound = bound;
-  double value = total_v(groups);
-  double tol_v = 1e-12 * std::max(1.0, std::fabs(value));
+  // A cheap local pass first: a better incumbent narrows the search below.
+  improve(groups, cap, tol_w);
   // Reduced costs: a better solution has sum_g delta_g < value - bound, so
-  // any item whose own delta reaches that gap can be ruled out. Groups left
-  // with more than one item are the open ones.
-  double gap = value - bound;
-  std::vector<size_t> open;
-  std::vector<std::vector<size_t>> cands;
-  std::vector<std::pair<double, size_t>> closeness;  // smallest delta among alternatives
-  for (size_t g = 0; g < groups.size(); ++g) {
-    std::vector<size_t> c;
-    double second = std::numeric_limits<double>::infinity();
-    for (size_t j = 0; j < groups[g].items.size(); ++j) {
-      const Item& it = groups[g].items[j];
-      double delta = it.v + lambda * it.w - m[g];
-      if (j == groups[g].cur || delta < gap - tol_v) c.push_back(j);
-      if (j != groups[g].cur) second = std::min(second, delta);
+  // any item whose own delta reaches that gap is ruled out. Groups left with
+  // more than one item are the open ones; only they can change. A small
+  // search over the nearest few first (cheap, often closes the gap when ties
+  // leave many groups open), then one over as many as allowed.
+  size_t small = std::min<size_t>(32, opt.max_search_tensors);
+  for (size_t limit : {small, opt.max_search_tensors}) {
+    double value = total_v(groups);
+    double tol_v = 1e-12 * std::max(1.0, std::fabs(value));
+    double gap = value - bound;
+    if (gap <= tol_v) {
+      sol.objective = value;
+      sol.proven = true;
+      return sol;
     }
-    if (c.size() > 1) {
-      closeness.push_back({second, open.size()});
-      open.push_back(g);
-      cands.push_back(std::move(c));
+    if (limit == 0) continue;
+    std::vector<size_t> open;
+    std::vector<std::vector<size_t>> cands;
+    std::vector<std::pair<double, size_t>> closeness;  // smallest delta among alternatives
+    for (size_t g = 0; g < groups.size(); ++g) {
+      std::vector<size_t> c;
+      double second = std::numeric_limits<double>::infinity();
+      for (size_t j = 0; j < groups[g].items.size(); ++j) {
+        const Item& it = groups[g].items[j];
+        double delta = it.v + lambda * it.w - m[g];
+        if (j == groups[g].cur || delta < gap - tol_v) c.push_back(j);
+        if (j != groups[g].cur) second = std::min(second, delta);
+      }
+      if (c.size() > 1) {
+        closeness.push_back({second, open.size()});
+        open.push_back(g);
+        cands.push_back(std::move(c));
+      }
     }
+    bool complete = open.size() <= limit;
+    if (!complete) {
+      // Take the ones nearest to changing, but in rounds of one per current
+      // item position: among ties, groups all sitting at the same item can
+      // only move one way together, and a mix is what fills a budget exactly.
+      std::sort(closeness.begin(), closeness.end());
+      std::vector<size_t> o2;
+      std::vector<std::vector<size_t>> c2;
+      std::vector<char> taken(closeness.size(), 0);
+      while (o2.size() < limit) {
+        std::set<size_t> positions;
+        for (size_t i = 0; i < closeness.size() && o2.size() < limit; ++i) {
+          size_t k = closeness[i].second;
+          if (taken[i] || !positions.insert(groups[open[k]].cur).second) continue;
+          taken[i] = 1;
+          o2.push_back(open[k]);
+          c2.push_back(std::move(cands[k]));
+        }
+      }
+      open.swap(o2);
+      cands.swap(c2);
+    }
+    bool exact = search(groups, open, cands, cap, tol_w, lambda, opt.max_search_states, opt.max_search_work);
+    if (complete && exact) {
+      sol.objective = total_v(groups);
+      sol.proven = true;
+      return sol;
+    }
+    improve(groups, cap, tol_w);
   }
-  bool exact = true;
-  if (open.size() > opt.max_search_tensors) {
-    // Too many to search jointly: take the ones nearest to changing.
-    std::sort(closeness.begin(), closeness.end());
-    std::vector<size_t> o2;
-    std::vector<std::vector<size_t>> c2;
-    for (size_t i = 0; i < opt.max_search_tensors; ++i) {
-      o2.push_back(open[closeness[i].second]);
-      c2.push_back(cands[closeness[i].second]);
-    }
-    open.swap(o2);
-    cands.swap(c2);
-    exact = false;
-  }
-  if (!search(groups, open, cands, cap, tol_w, lambda, opt.max_search_states)) exact = false;
-  if (!exact) improve(groups, cap, tol_w);
   sol.objective = total_v(groups);
-  sol.proven = exact || sol.objective - sol.lower_bound <= tol_v;
+  sol.proven = sol.objective - sol.lower_bound <= 1e-12 * std::max(1.0, std::fabs(sol.objective));
   return sol;
 }
 

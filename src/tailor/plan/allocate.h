@@ -49,7 +49,8 @@ struct AllocateOptions {
   // Bounds on the exact search (dynamic programming over the unsettled
   // tensors); past them the result is still feasible, only maybe not optimal.
   size_t max_search_tensors = 256;
-  size_t max_search_states = 1 << 14;
+  size_t max_search_states = 1 << 14;   // per search stage
+  size_t max_search_work = 8'000'000;   // states generated in all, about 0.5 s
 };
 
 struct Choice {

@@ -23,18 +23,20 @@ std::vector<size_t> lower_hull(std::span<const TypeOption> options) {
     if (!frontier.empty() && options[i].cost >= options[frontier.back()].cost) continue;
     frontier.push_back(i);
   }
-  // Then the convex part (monotone chain): drop a middle point lying on or
-  // above the chord between its neighbours.
+  // Then the convex part (monotone chain): drop a middle point lying above
+  // the chord between its neighbours. Points on the chord stay: they bend
+  // nothing, and the allocator's fill gets finer steps from them.
   std::vector<size_t> hull;
   for (size_t i : frontier) {
     while (hull.size() >= 2) {
       const TypeOption& a = options[hull[hull.size() - 2]];
       const TypeOption& b = options[hull.back()];
       const TypeOption& c = options[i];
-      // cross((b-a),(c-a)) <= 0 means b is not strictly below the chord a-c.
-      double cross = static_cast<double>(b.bytes - a.bytes) * (c.cost - a.cost) -
-                     (b.cost - a.cost) * static_cast<double>(c.bytes - a.bytes);
-      if (cross > 0) break;
+      // cross((b-a),(c-a)) < 0 means b lies above the chord a-c.
+      double lhs = static_cast<double>(b.bytes - a.bytes) * (c.cost - a.cost);
+      double rhs = (b.cost - a.cost) * static_cast<double>(c.bytes - a.bytes);
+      // Rounding alone must not decide that a point on the chord is above it.
+      if (lhs - rhs >= -1e-12 * (std::fabs(lhs) + std::fabs(rhs))) break;
       hull.pop_back();
     }
     hull.push_back(i);

@@ -34,7 +34,8 @@ inline double bits_per_weight(int64_t bytes, int64_t n_elements) {
 
 // Indices into `options` of the efficient frontier's lower convex hull in the
 // (bytes, cost) plane, from fewest bytes to most: options that cost more and
-// save nothing, or that lie above the chord of their neighbours, are left out.
+// save nothing, or that lie above the chord of their neighbours, are left out
+// (points exactly on a chord are kept).
 // Along the result, bytes rise and cost falls, and the cost saved per extra
 // byte shrinks from one segment to the next.
 std::vector<size_t> lower_hull(std::span<const TypeOption> options);
