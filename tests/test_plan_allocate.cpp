@@ -89,6 +89,22 @@ TEST(PlanKnee, NoisyPessimisticPointIsIgnoredByTheHull) {
   EXPECT_EQ(k.type, GgmlType::Q4_K);
 }
 
+TEST(PlanKnee, ZeroCostAtTheTopDoesNotDistort) {
+  // F16 is exact (cost 0, and a measured -1e-6 of noise must not matter).
+  for (double top : {0.0, -1e-6}) {
+    auto t = curve("t", {{GgmlType::F16, top},
+                         {GgmlType::Q8_0, 1e-5},
+                         {GgmlType::Q6_K, 4e-5},
+                         {GgmlType::Q5_K, 1e-4},
+                         {GgmlType::Q4_K, 3e-4},
+                         {GgmlType::Q3_K, 3e-3},
+                         {GgmlType::Q2_K, 1e-2}});
+    Knee k = find_knee(t);
+    EXPECT_TRUE(k.found) << k.reason;
+    EXPECT_EQ(k.type, GgmlType::Q4_K) << k.reason;
+  }
+}
+
 TEST(PlanKnee, TooFewTypes) {
   auto t = curve("t", {{GgmlType::Q8_0, 0.001}, {GgmlType::Q4_K, 0.01}});
   Knee k = find_knee(t);
@@ -335,6 +351,9 @@ TEST(PlanAllocate, HonoursPinsFloorsAllowedAndRowLengths) {
   }
   EXPECT_LE(a.total_bytes, budget);
   EXPECT_GT(a.total_bytes, 0.95 * budget);
+  EXPECT_TRUE(a.unmatched_rules.empty());
+  opt.rules.push_back(parse_rule("atn_v=Q8_0"));
+  EXPECT_EQ(allocate(ts, {Budget::Kind::Bytes, budget}, opt).unmatched_rules, std::vector<std::string>{"atn_v=Q8_0"});
   // The budget must bind somewhere: not everything sits at Q8_0.
   int below = 0;
   for (const auto& c : a.choices) below += c.type != GgmlType::Q8_0;

@@ -523,6 +523,9 @@ Allocation allocate(std::span<const TensorOptions> tensors, const Budget& budget
     a.choices.push_back(std::move(c));
   }
   a.total_cost_error = std::sqrt(var);
+  for (const Rule& r : opt.rules)
+    if (std::none_of(tensors.begin(), tensors.end(), [&](const TensorOptions& t) { return r.matches(t.name); }))
+      a.unmatched_rules.push_back(r.text);
   a.objective = sol.objective;
   a.gap = std::max(0.0, sol.objective - sol.lower_bound);
   return a;

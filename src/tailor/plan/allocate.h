@@ -77,6 +77,9 @@ struct Allocation {
   double gap = 0;
   bool proven_optimal = false;
   double lambda = 0;  // the Lagrange multiplier: objective saved per unit of budget at the margin
+  // Texts of rules that matched no tensor (most likely a misspelt pattern);
+  // the caller should say so.
+  std::vector<std::string> unmatched_rules;
 };
 
 // Throws Error when the rules leave a tensor no usable type, when rules
