@@ -484,6 +484,10 @@ void expect_renders(const Chart& c, int w, int h, size_t left_out) {
 TEST(ChartEdges, EmptyChartsRender) {
   Chart c;
   expect_renders(c, 400, 300, 0);
+  ChartLayout L = layout_chart(c, 400, 300);
+  EXPECT_EQ(L.x.lo, 0);
+  EXPECT_EQ(L.x.hi, 1);
+  EXPECT_TRUE(contains(texts(parse_svg(render_svg(c, 400, 300))), "no data"));
   c.y_log = c.x_log = true;
   c.series = {{"nothing", std::nullopt, SeriesStyle::line, {}}};
   expect_renders(c, 400, 300, 0);

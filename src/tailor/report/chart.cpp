@@ -76,7 +76,7 @@ Axis linear_axis(double lo, double hi, bool any, int target) {
     double pad = std::fabs(lo) * 0.1;  // all values (nearly) equal
     lo -= pad, hi += pad;
   }
-  double pad = (hi - lo) * 0.04;  // keep points off the frame
+  double pad = any ? (hi - lo) * 0.04 : 0;  // keep points off the frame
   lo -= pad, hi += pad;
   double step = nice_step((hi - lo) / target);
   Axis a;
@@ -439,9 +439,13 @@ Scene build_scene(const Chart& c, int W, int H) {
          true);
   if (L.left_out)
     text("note", pad, H - pad - desc,
-         fmt::format("{} point{} not shown (not finite, <= 0 on a log axis, or beyond 1e100)",
-                     L.left_out, L.left_out == 1 ? "" : "s"),
+         fit_text(fmt::format("{} point{} left out (NaN, inf, or <= 0 on log axis)",
+                              L.left_out, L.left_out == 1 ? "" : "s"),
+                  int((W - 2 * pad) / (M::advance * s))),
          s, kNote);
+  if (placed.empty())
+    text("no-data", (L.left + L.right) / 2, (L.top + L.bottom + cap) / 2, "no data", s, kNote,
+         TextAnchor::middle);
   return sc;
 }
 

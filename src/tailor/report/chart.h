@@ -4,8 +4,9 @@
 //
 // Points a chart cannot show are left out and counted in a note under the
 // plot: non-finite coordinates, values <= 0 on a log axis, and magnitudes
-// beyond 1e100 on a linear axis. A line series is broken where a point is
-// left out. An empty chart still renders its frame, title and labels.
+// beyond 1e100 (or below 1e-100 on a log axis), which would overflow the axis
+// arithmetic. A line series is broken where a point is left out. A chart with
+// nothing to show still renders its frame, title, labels and "no data".
 #pragma once
 #include <cstddef>
 #include <cstdint>
