@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -551,6 +552,44 @@ TEST(ChartEdges, WideRangesAndOddText) {
   EXPECT_LT(title[0]->text.size(), 200u);
   EXPECT_EQ(title[0]->text.substr(title[0]->text.size() - 3), "...");
   EXPECT_LE(layout_chart(c, 900, 600).y.ticks.size(), 12u);
+}
+
+// Random charts mixing ordinary, extreme and special values: every one
+// renders, counts what it left out, and parses.
+TEST(ChartEdges, RandomChartsRender) {
+  std::mt19937 rng(1234);
+  const double specials[] = {0.0, -0.0, -1.0, 1e-320, 1e-101, 1e99, 1e101, -1e300,
+                             std::numeric_limits<double>::quiet_NaN(),
+                             std::numeric_limits<double>::infinity(),
+                             -std::numeric_limits<double>::infinity()};
+  auto value = [&]() -> double {
+    switch (rng() % 4) {
+      case 0: return specials[rng() % std::size(specials)];
+      case 1: return std::ldexp(double(rng() % 1000 + 1), int(rng() % 40) - 30);
+      default: return std::uniform_real_distribution<double>(-5, 10)(rng);
+    }
+  };
+  auto bad = [](double v, bool log) {
+    return !std::isfinite(v) || std::fabs(v) > 1e100 || (log && !(v >= 1e-100));
+  };
+  for (int iter = 0; iter < 60; ++iter) {
+    Chart c;
+    c.x_log = rng() % 2, c.y_log = rng() % 2;
+    c.title = std::string(rng() % 60, 'T');
+    size_t left_out = 0;
+    for (size_t si = 0, n = rng() % 4; si < n; ++si) {
+      Series s{std::string(rng() % 20, 'n'), std::nullopt,
+               rng() % 2 ? SeriesStyle::line : SeriesStyle::points, {}};
+      for (size_t pi = 0, m = rng() % 12; pi < m; ++pi) {
+        ChartPoint p{value(), value(), std::string(rng() % 8, 'L')};
+        left_out += bad(p.x, c.x_log) || bad(p.y, c.y_log);
+        s.points.push_back(p);
+      }
+      c.series.push_back(std::move(s));
+    }
+    SCOPED_TRACE(iter);
+    expect_renders(c, 160 + int(rng() % 400), 120 + int(rng() % 300), left_out);
+  }
 }
 
 TEST(ChartEdges, BadSizesAreErrors) {
