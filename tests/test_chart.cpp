@@ -437,6 +437,32 @@ TEST(ChartPng, TitleIsItsGlyphDots) {
   EXPECT_EQ(other, 0);
 }
 
+// The y axis name is turned a quarter counter-clockwise, reading upwards:
+// in "_T" the underscore (below the baseline) comes out lowest and furthest
+// right, the top of the T highest and furthest left, 7 font rows apart.
+TEST(ChartPng, YLabelReadsBottomToTop) {
+  Chart c;
+  c.y_label = "_T";
+  ChartLayout L = layout_chart(c, 900, 600);
+  Image img = decode_png(render_png(c, 900, 600));
+  ASSERT_EQ(img.width, 900);
+  const int s = L.font_scale;
+  int lowest_y = -1, lowest_x = -1, highest_y = img.height, highest_x = -1, inked = 0;
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < 16 * s; ++x)  // the strip left of the tick labels
+      if (img.at(x, y) == Rgb{17, 17, 17}) {
+        ++inked;
+        if (y > lowest_y) lowest_y = y, lowest_x = x;
+        if (y < highest_y) highest_y = y, highest_x = x;
+      }
+  // '_' has 5 dots, 'T' 11.
+  EXPECT_EQ(inked, 16 * s * s);
+  EXPECT_EQ(lowest_x - highest_x, FontMetrics::ascent * s);
+  // Two glyphs tall, one glyph cell wide.
+  EXPECT_EQ(lowest_y - highest_y + 1, (2 * FontMetrics::advance - 1) * s);
+  EXPECT_NEAR((lowest_y + highest_y) / 2.0, (L.top + L.bottom) / 2, 1.0 * s);
+}
+
 TEST(ChartFont, CoversPrintableAsciiWithDistinctGlyphs) {
   std::map<std::string, char> seen;
   for (int ch = 33; ch < 127; ++ch) {
