@@ -356,6 +356,24 @@ TEST(ChartAxes, RangesCoverTheDataWithReadableTicks) {
   EXPECT_LT(L.top, L.bottom);
 }
 
+// A log axis over one decade also labels 2 and 5 of it, placed by log10.
+TEST(ChartAxes, NarrowLogAxisLabelsTwoAndFive) {
+  Chart c = bpw_chart();
+  c.x_log = true;  // 2.8 .. 8.5 bits: the decade 1 .. 10
+  ChartLayout L = layout_chart(c, 900, 600);
+  EXPECT_EQ(L.x.ticks, (std::vector<double>{1, 2, 5, 10}));
+  auto els = parse_svg(render_svg(c, 900, 600));
+  auto t = texts(els);
+  for (const char* want : {"1", "2", "5", "1e1"}) EXPECT_TRUE(contains(t, want)) << want;
+  auto gx = with_class(els, "grid-x");
+  ASSERT_EQ(gx.size(), 4u);
+  double x1 = num(*gx[0], "x1"), x10 = num(*gx[3], "x1");
+  EXPECT_NEAR(num(*gx[1], "x1"), x1 + std::log10(2.0) * (x10 - x1), 0.02);
+  EXPECT_NEAR(num(*gx[2], "x1"), x1 + std::log10(5.0) * (x10 - x1), 0.02);
+  for (const Element* e : with_class(els, "point"))
+    EXPECT_NEAR(num(*e, "cx"), x1 + std::log10(num(*e, "data-x")) * (x10 - x1), 0.02);
+}
+
 // ---- PNG ----
 
 TEST(ChartPng, DecodesAtTheAskedSize) {

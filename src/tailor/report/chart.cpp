@@ -94,7 +94,8 @@ Axis linear_axis(double lo, double hi, bool any, int target) {
   return a;
 }
 
-std::string decade_label(int e) { return e == 0 ? "1" : fmt::format("1e{}", e); }
+// m x 10^e written as "me" + exponent ("1e-4", "5e-3"), plain for e = 0.
+std::string log_label(int m, int e) { return e == 0 ? fmt::format("{}", m) : fmt::format("{}e{}", m, e); }
 
 // Whole decades from below the smallest value to above the largest; a tick
 // every k decades so at most about eight are labelled.
@@ -110,13 +111,21 @@ Axis log_axis(double lo, double hi, bool any) {
   ax.range.log = true;
   ax.range.lo = std::pow(10.0, ea);
   ax.range.hi = std::pow(10.0, eb);
+  // One or two decades give too few labels: 2 and 5 times each decade get one too.
+  const bool label_2_5 = eb - ea <= 2;
   for (int e = ea; e <= eb; e += k) {
     ax.range.ticks.push_back(std::pow(10.0, e));
-    ax.labels.push_back(decade_label(e));
+    ax.labels.push_back(log_label(1, e));
+    if (e == eb) break;
+    for (int m = 2; m <= 9 && k == 1 && eb - ea <= 6; ++m) {
+      if (label_2_5 && (m == 2 || m == 5)) {
+        ax.range.ticks.push_back(m * std::pow(10.0, e));
+        ax.labels.push_back(log_label(m, e));
+      } else {
+        ax.minor.push_back(m * std::pow(10.0, e));
+      }
+    }
   }
-  if (k == 1 && eb - ea <= 6)
-    for (int e = ea; e < eb; ++e)
-      for (int m = 2; m <= 9; ++m) ax.minor.push_back(m * std::pow(10.0, e));
   return ax;
 }
 
