@@ -66,7 +66,8 @@ std::string decode_entities(const std::string& s, std::string* error) {
       continue;
     }
     size_t semi = s.find(';', i);
-    auto it = semi == std::string::npos ? kEntities.end() : kEntities.find(s.substr(i + 1, semi - i - 1));
+    auto it =
+        semi == std::string::npos ? kEntities.end() : kEntities.find(s.substr(i + 1, semi - i - 1));
     if (it == kEntities.end()) {
       *error = "bad entity near: " + s.substr(i, 12);
       return out;
@@ -88,8 +89,10 @@ std::vector<Element> parse_xml(const std::string& doc, std::string* error) {
       size_t lt = doc.find('<', i);
       std::string chunk = doc.substr(i, lt == std::string::npos ? std::string::npos : lt - i);
       std::string text = decode_entities(chunk, error);
-      if (!open.empty()) elements[open.back()].text += text;
-      else if (text.find_first_not_of(" \n\t") != std::string::npos) *error = "text outside the root";
+      if (!open.empty())
+        elements[open.back()].text += text;
+      else if (text.find_first_not_of(" \n\t") != std::string::npos)
+        *error = "text outside the root";
       if (lt == std::string::npos) break;
       i = lt;
       continue;
@@ -109,8 +112,10 @@ std::vector<Element> parse_xml(const std::string& doc, std::string* error) {
     i = gt + 1;
     if (!tag.empty() && tag[0] == '/') {
       std::string name = tag.substr(1);
-      if (open.empty() || elements[open.back()].name != name) *error = "unbalanced </" + name + ">";
-      else open.pop_back();
+      if (open.empty() || elements[open.back()].name != name)
+        *error = "unbalanced </" + name + ">";
+      else
+        open.pop_back();
       continue;
     }
     bool self_closing = !tag.empty() && tag.back() == '/';
@@ -217,13 +222,15 @@ bool dark(Rgb c) { return c.r < 80 && c.g < 80 && c.b < 80; }
 
 // Pixel position of a data value, from the layout's plot box and axis range.
 double to_px_x(const ChartLayout& L, double x) {
-  double t = L.x.log ? (std::log10(x) - std::log10(L.x.lo)) / (std::log10(L.x.hi) - std::log10(L.x.lo))
-                     : (x - L.x.lo) / (L.x.hi - L.x.lo);
+  double t = L.x.log
+                 ? (std::log10(x) - std::log10(L.x.lo)) / (std::log10(L.x.hi) - std::log10(L.x.lo))
+                 : (x - L.x.lo) / (L.x.hi - L.x.lo);
   return L.left + t * (L.right - L.left);
 }
 double to_px_y(const ChartLayout& L, double y) {
-  double t = L.y.log ? (std::log10(y) - std::log10(L.y.lo)) / (std::log10(L.y.hi) - std::log10(L.y.lo))
-                     : (y - L.y.lo) / (L.y.hi - L.y.lo);
+  double t = L.y.log
+                 ? (std::log10(y) - std::log10(L.y.lo)) / (std::log10(L.y.hi) - std::log10(L.y.lo))
+                 : (y - L.y.lo) / (L.y.hi - L.y.lo);
   return L.bottom - t * (L.bottom - L.top);
 }
 
@@ -261,7 +268,8 @@ TEST(ChartSvg, PointsFollowTheAxesGridLines) {
     EXPECT_NEAR(num(*gy[i - 1], "y1") - num(*gy[i], "y1"), decade_px, 0.02);
 
   const Element &xa = *gx.front(), &xb = *gx.back(), &ya = *gy.front(), &yb = *gy.back();
-  double xv0 = num(xa, "data-value"), xv1 = num(xb, "data-value"), xp0 = num(xa, "x1"), xp1 = num(xb, "x1");
+  double xv0 = num(xa, "data-value"), xv1 = num(xb, "data-value"), xp0 = num(xa, "x1"),
+         xp1 = num(xb, "x1");
   double yv0 = std::log10(num(ya, "data-value")), yv1 = std::log10(num(yb, "data-value"));
   double yp0 = num(ya, "y1"), yp1 = num(yb, "y1");
 
@@ -295,13 +303,14 @@ TEST(ChartSvg, HasTitleAxisNamesTickLabelsPointLabelsAndLegend) {
   Chart c = bpw_chart();
   auto els = parse_svg(render_svg(c, 900, 600));
   auto t = texts(els);
-  for (const std::string& want : {c.title, c.x_label, c.y_label, std::string("uniform recipes"),
-                                  std::string("Tailor plans")})
+  for (const std::string& want :
+       {c.title, c.x_label, c.y_label, std::string("uniform recipes"), std::string("Tailor plans")})
     EXPECT_TRUE(contains(t, want)) << want;
   for (const Series& s : c.series)
     for (const ChartPoint& p : s.points) EXPECT_TRUE(contains(t, p.label)) << p.label;
   // Data 0.00045 .. 0.31 spans the decades 1e-4 .. 1.
-  for (const char* want : {"1e-4", "1e-3", "1e-2", "1e-1", "1"}) EXPECT_TRUE(contains(t, want)) << want;
+  for (const char* want : {"1e-4", "1e-3", "1e-2", "1e-1", "1"})
+    EXPECT_TRUE(contains(t, want)) << want;
   for (const char* want : {"3", "4", "5", "6", "7", "8"}) EXPECT_TRUE(contains(t, want)) << want;
   EXPECT_EQ(with_class(els, "tick-label-y").size(), with_class(els, "grid-y").size());
   EXPECT_EQ(with_class(els, "legend").size(), 1u);
@@ -349,7 +358,8 @@ TEST(ChartAxes, RangesCoverTheDataWithReadableTicks) {
   EXPECT_GT(L.x.hi, 8.5);
   ASSERT_GE(L.x.ticks.size(), 3u);
   double step = L.x.ticks[1] - L.x.ticks[0];
-  for (size_t i = 1; i < L.x.ticks.size(); ++i) EXPECT_NEAR(L.x.ticks[i] - L.x.ticks[i - 1], step, 1e-9);
+  for (size_t i = 1; i < L.x.ticks.size(); ++i)
+    EXPECT_NEAR(L.x.ticks[i] - L.x.ticks[i - 1], step, 1e-9);
   EXPECT_DOUBLE_EQ(L.x.ticks.front(), L.x.lo);
   EXPECT_DOUBLE_EQ(L.x.ticks.back(), L.x.hi);
   EXPECT_LT(L.left, L.right);
@@ -403,7 +413,8 @@ TEST(ChartPng, PointsShowTheirSeriesColour) {
       double my = (to_px_y(L, plan[i - 1].y) + to_px_y(L, plan[i].y)) / 2;
       Rgb got = img.at(int(mx), int(my));
       // Anti-aliased edges mix in white; the stroke covers the pixel's centre region.
-      EXPECT_LT(std::abs(got.r - kBlue.r) + std::abs(got.g - kBlue.g) + std::abs(got.b - kBlue.b), 160)
+      EXPECT_LT(std::abs(got.r - kBlue.r) + std::abs(got.g - kBlue.g) + std::abs(got.b - kBlue.b),
+                160)
           << "segment " << i;
     }
   }
@@ -448,8 +459,10 @@ TEST(ChartPng, TitleIsItsGlyphDots) {
   for (int y = 0; y < int(L.top) - FontMetrics::ascent * L.font_scale; ++y)
     for (int x = 0; x < img.width; ++x) {
       Rgb p = img.at(x, y);
-      if (p == Rgb{17, 17, 17}) ++inked;
-      else if (!(p == kWhite)) ++other;
+      if (p == Rgb{17, 17, 17})
+        ++inked;
+      else if (!(p == kWhite))
+        ++other;
     }
   EXPECT_EQ(inked, dots * scale * scale);
   EXPECT_EQ(other, 0);
@@ -555,7 +568,8 @@ TEST(ChartEdges, SinglePointAndEqualValues) {
 }
 
 TEST(ChartEdges, UnshowableValuesAreLeftOutAndCounted) {
-  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN(),
+               inf = std::numeric_limits<double>::infinity();
   Chart c = bpw_chart();
   auto& plan = c.series[1].points;
   plan.insert(plan.begin() + 2, {4.0, nan, "nan"});  // breaks the line in two
@@ -586,7 +600,9 @@ TEST(ChartEdges, WideRangesAndOddText) {
   c.y_log = true;
   c.title = std::string(400, 'W');  // far wider than the picture: cut short
   c.y_label = "\xe2\x88\x86 KL (\xce\xbc)";
-  c.series = {{"span", std::nullopt, SeriesStyle::line,
+  c.series = {{"span",
+               std::nullopt,
+               SeriesStyle::line,
                {{-1e90, 1e-90, "\xf0\x9f\x98\x80"}, {1e90, 1e90, "big"}, {0, 1, "\x01\x02"}}}};
   expect_renders(c, 900, 600, 0);
   expect_renders(c, 160, 120, 0);
@@ -602,7 +618,14 @@ TEST(ChartEdges, WideRangesAndOddText) {
 // renders, counts what it left out, and parses.
 TEST(ChartEdges, RandomChartsRender) {
   std::mt19937 rng(1234);
-  const double specials[] = {0.0, -0.0, -1.0, 1e-320, 1e-101, 1e99, 1e101, -1e300,
+  const double specials[] = {0.0,
+                             -0.0,
+                             -1.0,
+                             1e-320,
+                             1e-101,
+                             1e99,
+                             1e101,
+                             -1e300,
                              std::numeric_limits<double>::quiet_NaN(),
                              std::numeric_limits<double>::infinity(),
                              -std::numeric_limits<double>::infinity()};
@@ -622,8 +645,10 @@ TEST(ChartEdges, RandomChartsRender) {
     c.title = std::string(rng() % 60, 'T');
     size_t left_out = 0;
     for (size_t si = 0, n = rng() % 4; si < n; ++si) {
-      Series s{std::string(rng() % 20, 'n'), std::nullopt,
-               rng() % 2 ? SeriesStyle::line : SeriesStyle::points, {}};
+      Series s{std::string(rng() % 20, 'n'),
+               std::nullopt,
+               rng() % 2 ? SeriesStyle::line : SeriesStyle::points,
+               {}};
       for (size_t pi = 0, m = rng() % 12; pi < m; ++pi) {
         ChartPoint p{value(), value(), std::string(rng() % 8, 'L')};
         left_out += bad(p.x, c.x_log) || bad(p.y, c.y_log);
@@ -656,7 +681,8 @@ TEST(ChartFile, WritesByExtension) {
   EXPECT_EQ(png, render_png(c, 640, 480));
   Image img = decode_png(png);
   EXPECT_EQ(img.width, 640);
-  test::expect_error([&] { write_chart(c, (dir / "c.jpg").string()); }, "c.jpg", "unknown chart format");
+  test::expect_error([&] { write_chart(c, (dir / "c.jpg").string()); }, "c.jpg",
+                     "unknown chart format");
   EXPECT_FALSE(fs::exists(dir / "c.jpg"));
   test::expect_error([&] { write_chart(c, (dir / "d.png").string(), 10, 10); }, "chart", "outside");
   EXPECT_FALSE(fs::exists(dir / "d.png"));

@@ -111,8 +111,8 @@ void Canvas::text(double x, double y, std::string_view s, int scale, Rgb c, Text
       fill_rect(double(base - M::ascent * scale + v), double(along - u - scale),
                 double(base - M::ascent * scale + v + scale), double(along - u), c);
     else
-      fill_rect(double(along + u), double(base - M::ascent * scale + v),
-                double(along + u + scale), double(base - M::ascent * scale + v + scale), c);
+      fill_rect(double(along + u), double(base - M::ascent * scale + v), double(along + u + scale),
+                double(base - M::ascent * scale + v + scale), c);
   };
   long pen = 0;
   for_each_glyph(s, [&](unsigned char g) {

@@ -1,5 +1,7 @@
 #include "tailor/report/chart.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -7,8 +9,6 @@
 #include <filesystem>
 #include <limits>
 #include <string_view>
-
-#include <fmt/format.h>
 
 #include "tailor/formats/text.h"
 #include "tailor/report/bitmap_font.h"
@@ -23,9 +23,8 @@ namespace {
 // arithmetic overflow or underflow.
 constexpr double kLargest = 1e100, kSmallestLog = 1e-100;
 
-constexpr Rgb kWhite{255, 255, 255}, kInk{17, 17, 17}, kAxis{34, 34, 34},
-    kTickText{68, 68, 68}, kGrid{226, 226, 226}, kMinorGrid{242, 242, 242},
-    kFrame{200, 200, 200}, kNote{120, 120, 120};
+constexpr Rgb kWhite{255, 255, 255}, kInk{17, 17, 17}, kAxis{34, 34, 34}, kTickText{68, 68, 68},
+    kGrid{226, 226, 226}, kMinorGrid{242, 242, 242}, kFrame{200, 200, 200}, kNote{120, 120, 120};
 
 bool axis_accepts(double v, bool log) {
   if (!std::isfinite(v) || std::fabs(v) > kLargest) return false;
@@ -38,9 +37,7 @@ bool shown(const Chart& c, const ChartPoint& p) {
 
 Rgb series_color(const Chart& c, size_t i) { return c.series[i].color.value_or(palette_color(i)); }
 
-Rgb darker(Rgb c, double f) {
-  return {uint8_t(c.r * f), uint8_t(c.g * f), uint8_t(c.b * f)};
-}
+Rgb darker(Rgb c, double f) { return {uint8_t(c.r * f), uint8_t(c.g * f), uint8_t(c.b * f)}; }
 
 // ---- axes ----
 
@@ -95,7 +92,9 @@ Axis linear_axis(double lo, double hi, bool any, int target) {
 }
 
 // m x 10^e written as "me" + exponent ("1e-4", "5e-3"), plain for e = 0.
-std::string log_label(int m, int e) { return e == 0 ? fmt::format("{}", m) : fmt::format("{}e{}", m, e); }
+std::string log_label(int m, int e) {
+  return e == 0 ? fmt::format("{}", m) : fmt::format("{}e{}", m, e);
+}
 
 // Whole decades from below the smallest value to above the largest; a tick
 // every k decades so at most about eight are labelled.
@@ -153,9 +152,9 @@ enum class Kind { rect, line, polyline, circle, text };
 
 struct Shape {
   Kind kind = Kind::rect;
-  std::string cls;      // SVG class: what the shape stands for
-  std::string attrs;    // extra SVG attributes, already escaped
-  std::string tooltip;  // SVG <title>
+  std::string cls;                        // SVG class: what the shape stands for
+  std::string attrs;                      // extra SVG attributes, already escaped
+  std::string tooltip;                    // SVG <title>
   double x0 = 0, y0 = 0, x1 = 0, y1 = 0;  // rect corners, line ends, circle centre (x0, y0)
   double size = 1;                        // line width, circle radius
   Rgb color;                              // fill, or stroke of lines
@@ -193,8 +192,7 @@ bool segment_hits(const Box& b, double x0, double y0, double x1, double y1) {
     }
     return true;
   };
-  return clip(-dx, x0 - b.x0) && clip(dx, b.x1 - x0) && clip(-dy, y0 - b.y0) &&
-         clip(dy, b.y1 - y0);
+  return clip(-dx, x0 - b.x0) && clip(dx, b.x1 - x0) && clip(-dy, y0 - b.y0) && clip(dy, b.y1 - y0);
 }
 
 struct Scene {
@@ -255,8 +253,8 @@ Scene build_scene(const Chart& c, int W, int H) {
   double right = W - pad - std::max(4.0 * s, last_x / 2);
   double top = pad + (c.title.empty() ? 0 : (M::ascent + M::descent) * ts + 4 * s) + 4 * s;
   double note_h = L.left_out ? line_h + 2 * s : 0;
-  double bottom = H - pad - note_h - (c.x_label.empty() ? 0 : line_h + 4 * s) - line_h - 3 * s -
-                  tick;
+  double bottom =
+      H - pad - note_h - (c.x_label.empty() ? 0 : line_h + 4 * s) - line_h - 3 * s - tick;
   L.left = std::round(left), L.right = std::round(right);
   L.top = std::round(top), L.bottom = std::round(bottom);
 
@@ -295,8 +293,8 @@ Scene build_scene(const Chart& c, int W, int H) {
     double v = ya.range.ticks[i], y = L.map_y(v);
     line("grid-y", L.left, y, L.right, y, 1, kGrid, value_attr(v));
     line("tick-y", L.left - tick, y, L.left, y, axis_w, kAxis);
-    text("tick-label-y", L.left - tick - 3 * s, y + M::ascent * s / 2.0, ya.labels[i], s,
-         kTickText, TextAnchor::end);
+    text("tick-label-y", L.left - tick - 3 * s, y + M::ascent * s / 2.0, ya.labels[i], s, kTickText,
+         TextAnchor::end);
   }
   for (size_t i = 0; i < xa.range.ticks.size(); ++i) {
     double v = xa.range.ticks[i], x = L.map_x(v);
@@ -345,10 +343,11 @@ Scene build_scene(const Chart& c, int W, int H) {
   if (!entries.empty()) {
     double w = lpad + swatch + lpad + widest_name + lpad, h = lpad * 2 + entry_h * entries.size();
     double inset = 6.0 * s;
-    Box corners[4] = {{L.right - inset - w, L.top + inset, L.right - inset, L.top + inset + h},
-                      {L.left + inset, L.top + inset, L.left + inset + w, L.top + inset + h},
-                      {L.right - inset - w, L.bottom - inset - h, L.right - inset, L.bottom - inset},
-                      {L.left + inset, L.bottom - inset - h, L.left + inset + w, L.bottom - inset}};
+    Box corners[4] = {
+        {L.right - inset - w, L.top + inset, L.right - inset, L.top + inset + h},
+        {L.left + inset, L.top + inset, L.left + inset + w, L.top + inset + h},
+        {L.right - inset - w, L.bottom - inset - h, L.right - inset, L.bottom - inset},
+        {L.left + inset, L.bottom - inset - h, L.left + inset + w, L.bottom - inset}};
     Box best = corners[0];
     double best_cost = std::numeric_limits<double>::infinity();
     for (const Box& b : corners) {
@@ -418,10 +417,10 @@ Scene build_scene(const Chart& c, int W, int H) {
     double w = text_w(pt.label, s);
     // (x of the text's left end, baseline)
     const std::pair<double, double> spots[] = {
-        {p.px + gap, p.py + cap / 2},          {p.px + radius, p.py - gap},
-        {p.px + radius, p.py + gap + cap},     {p.px - gap - w, p.py + cap / 2},
-        {p.px - radius - w, p.py - gap},       {p.px - radius - w, p.py + gap + cap},
-        {p.px - w / 2, p.py - gap},            {p.px - w / 2, p.py + gap + cap}};
+        {p.px + gap, p.py + cap / 2},      {p.px + radius, p.py - gap},
+        {p.px + radius, p.py + gap + cap}, {p.px - gap - w, p.py + cap / 2},
+        {p.px - radius - w, p.py - gap},   {p.px - radius - w, p.py + gap + cap},
+        {p.px - w / 2, p.py - gap},        {p.px - w / 2, p.py + gap + cap}};
     Box best{};
     double best_cost = std::numeric_limits<double>::infinity();
     for (const auto& [x, base] : spots) {
@@ -434,11 +433,13 @@ Scene build_scene(const Chart& c, int W, int H) {
       if (cost == 0) break;
     }
     obstacles.push_back(best);
-    text("point-label", best.x0, best.y0 + cap, pt.label, s, darker(series_color(c, p.series), 0.7));
+    text("point-label", best.x0, best.y0 + cap, pt.label, s,
+         darker(series_color(c, p.series), 0.7));
   }
 
   // Title and axis names.
-  if (!title.empty()) text("title", W / 2.0, pad + M::ascent * ts, title, ts, kInk, TextAnchor::middle);
+  if (!title.empty())
+    text("title", W / 2.0, pad + M::ascent * ts, title, ts, kInk, TextAnchor::middle);
   if (!c.x_label.empty())
     text("x-label", (L.left + L.right) / 2, H - pad - note_h - desc,
          fit_text(c.x_label, int((W - 2 * pad) / (M::advance * s))), s, kInk, TextAnchor::middle);
@@ -448,8 +449,8 @@ Scene build_scene(const Chart& c, int W, int H) {
          true);
   if (L.left_out)
     text("note", pad, H - pad - desc,
-         fit_text(fmt::format("{} point{} left out (NaN, inf, or <= 0 on log axis)",
-                              L.left_out, L.left_out == 1 ? "" : "s"),
+         fit_text(fmt::format("{} point{} left out (NaN, inf, or <= 0 on log axis)", L.left_out,
+                              L.left_out == 1 ? "" : "s"),
                   int((W - 2 * pad) / (M::advance * s))),
          s, kNote);
   if (placed.empty())
@@ -478,8 +479,10 @@ std::string xml_escape(std::string_view s) {
       case '\'': out += "&apos;"; break;
       default:
         // Control characters are not allowed in XML 1.0 text.
-        if (static_cast<unsigned char>(ch) < 0x20 && ch != '\t' && ch != '\n') out += ' ';
-        else out += ch;
+        if (static_cast<unsigned char>(ch) < 0x20 && ch != '\t' && ch != '\n')
+          out += ' ';
+        else
+          out += ch;
     }
   }
   return out;
@@ -491,35 +494,49 @@ std::string shape_svg(const Shape& sh) {
   std::string head = fmt::format("class=\"{}\"{}{}", sh.cls, sh.attrs.empty() ? "" : " ", sh.attrs);
   switch (sh.kind) {
     case Kind::rect: {
-      std::string border = sh.outline ? fmt::format(" stroke=\"{}\" stroke-width=\"1\"", hex(*sh.outline)) : "";
-      return fmt::format("<rect {} x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\"{}/>\n",
-                         head, sh.x0, sh.y0, sh.x1 - sh.x0, sh.y1 - sh.y0, hex(sh.color), border);
+      std::string border =
+          sh.outline ? fmt::format(" stroke=\"{}\" stroke-width=\"1\"", hex(*sh.outline)) : "";
+      return fmt::format(
+          "<rect {} x=\"{:.2f}\" y=\"{:.2f}\" width=\"{:.2f}\" height=\"{:.2f}\" fill=\"{}\"{}/>\n",
+          head, sh.x0, sh.y0, sh.x1 - sh.x0, sh.y1 - sh.y0, hex(sh.color), border);
     }
     case Kind::line:
-      return fmt::format("<line {} x1=\"{:.2f}\" y1=\"{:.2f}\" x2=\"{:.2f}\" y2=\"{:.2f}\" stroke=\"{}\" stroke-width=\"{}\"/>\n",
-                         head, sh.x0, sh.y0, sh.x1, sh.y1, hex(sh.color), sh.size);
+      return fmt::format(
+          "<line {} x1=\"{:.2f}\" y1=\"{:.2f}\" x2=\"{:.2f}\" y2=\"{:.2f}\" stroke=\"{}\" "
+          "stroke-width=\"{}\"/>\n",
+          head, sh.x0, sh.y0, sh.x1, sh.y1, hex(sh.color), sh.size);
     case Kind::polyline: {
       std::string pts;
-      for (const auto& [x, y] : sh.pts) pts += fmt::format("{}{:.2f},{:.2f}", pts.empty() ? "" : " ", x, y);
-      return fmt::format("<polyline {} points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" "
-                         "stroke-linejoin=\"round\" stroke-linecap=\"round\"/>\n",
-                         head, pts, hex(sh.color), sh.size);
+      for (const auto& [x, y] : sh.pts)
+        pts += fmt::format("{}{:.2f},{:.2f}", pts.empty() ? "" : " ", x, y);
+      return fmt::format(
+          "<polyline {} points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{}\" "
+          "stroke-linejoin=\"round\" stroke-linecap=\"round\"/>\n",
+          head, pts, hex(sh.color), sh.size);
     }
     case Kind::circle: {
       // The ring lies outside the fill, as the rasterizer draws it.
       double w = sh.outline ? sh.outline_width : 0;
-      std::string ring = sh.outline ? fmt::format(" stroke=\"{}\" stroke-width=\"{}\"", hex(*sh.outline), w) : "";
-      std::string title = sh.tooltip.empty() ? "" : fmt::format("<title>{}</title>", xml_escape(sh.tooltip));
-      return fmt::format("<circle {} cx=\"{:.2f}\" cy=\"{:.2f}\" r=\"{:.2f}\" fill=\"{}\"{}>{}</circle>\n",
-                         head, sh.x0, sh.y0, sh.size + w / 2, hex(sh.color), ring, title);
+      std::string ring =
+          sh.outline ? fmt::format(" stroke=\"{}\" stroke-width=\"{}\"", hex(*sh.outline), w) : "";
+      std::string title =
+          sh.tooltip.empty() ? "" : fmt::format("<title>{}</title>", xml_escape(sh.tooltip));
+      return fmt::format(
+          "<circle {} cx=\"{:.2f}\" cy=\"{:.2f}\" r=\"{:.2f}\" fill=\"{}\"{}>{}</circle>\n", head,
+          sh.x0, sh.y0, sh.size + w / 2, hex(sh.color), ring, title);
     }
     case Kind::text: {
-      const char* anchor = sh.anchor == TextAnchor::start ? "start" : sh.anchor == TextAnchor::middle ? "middle" : "end";
-      std::string turn = sh.vertical ? fmt::format(" transform=\"rotate(-90 {:.2f} {:.2f})\"", sh.x0, sh.y0) : "";
+      const char* anchor = sh.anchor == TextAnchor::start    ? "start"
+                           : sh.anchor == TextAnchor::middle ? "middle"
+                                                             : "end";
+      std::string turn =
+          sh.vertical ? fmt::format(" transform=\"rotate(-90 {:.2f} {:.2f})\"", sh.x0, sh.y0) : "";
       // A monospace font 10 units high advances about 6 units a character,
       // the width the layout measured with the bitmap font.
-      return fmt::format("<text {} x=\"{:.2f}\" y=\"{:.2f}\" font-size=\"{}\" fill=\"{}\" text-anchor=\"{}\"{}>{}</text>\n",
-                         head, sh.x0, sh.y0, 10 * sh.scale, hex(sh.color), anchor, turn, xml_escape(sh.text));
+      return fmt::format(
+          "<text {} x=\"{:.2f}\" y=\"{:.2f}\" font-size=\"{}\" fill=\"{}\" "
+          "text-anchor=\"{}\"{}>{}</text>\n",
+          head, sh.x0, sh.y0, 10 * sh.scale, hex(sh.color), anchor, turn, xml_escape(sh.text));
     }
   }
   return {};
@@ -571,10 +588,9 @@ double ChartLayout::map_y(double v) const { return bottom - axis_pos(y, v) * (bo
 
 Rgb palette_color(size_t index) {
   // Tableau's ten categorical colours: distinct, and readable on white.
-  static constexpr Rgb kPalette[] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},
-                                     {214, 39, 40},  {148, 103, 189}, {140, 86, 75},
-                                     {227, 119, 194}, {127, 127, 127}, {188, 189, 34},
-                                     {23, 190, 207}};
+  static constexpr Rgb kPalette[] = {
+      {31, 119, 180}, {255, 127, 14},  {44, 160, 44},   {214, 39, 40},  {148, 103, 189},
+      {140, 86, 75},  {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
   return kPalette[index % std::size(kPalette)];
 }
 
@@ -586,7 +602,8 @@ std::string render_svg(const Chart& chart, int width, int height) {
   Scene sc = build_scene(chart, width, height);
   std::string out = fmt::format(
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} "
+      "{1}\" "
       "font-family=\"DejaVu Sans Mono, Menlo, Consolas, monospace\">\n",
       width, height);
   if (!chart.title.empty()) out += fmt::format("<title>{}</title>\n", xml_escape(chart.title));
@@ -604,7 +621,8 @@ std::vector<uint8_t> render_png(const Chart& chart, int width, int height) {
 
 void write_chart(const Chart& chart, const std::string& path, int width, int height) {
   std::string ext = std::filesystem::path(path).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char ch) { return std::tolower(ch); });
   if (ext != ".svg" && ext != ".png") fail("{}: unknown chart format (use .svg or .png)", path);
   // Render before opening, so a chart that cannot be drawn leaves no file.
   std::vector<uint8_t> bytes;

@@ -52,7 +52,7 @@ struct AxisRange {
 struct ChartLayout {
   double left = 0, top = 0, right = 0, bottom = 0;  // plot area, whole pixels
   AxisRange x, y;
-  int font_scale = 1;  // pixels per bitmap-font dot
+  int font_scale = 1;   // pixels per bitmap-font dot
   size_t left_out = 0;  // points not shown (see above)
   double map_x(double v) const;
   double map_y(double v) const;
