@@ -118,12 +118,14 @@ TEST(MeasureLevels, KldAndProxyRankLikeFull) {
     proxy.push_back(r[measure::Level::Proxy].at(key)["cost"].get<double>());
     if (k["source"] == "measured") {
       ++measured;
-      measured_equal += k["kld"] == m["kld"];
+      // Fewer windows at the kld level, the same windows first: within the errors.
+      const double d = std::abs(k["kld"].get<double>() - m["kld"].get<double>());
+      measured_equal += d <= 3 * std::hypot(k["kld_error"].get<double>(), m["kld_error"].get<double>()) + 1e-9;
     }
     // Local errors do not depend on the level.
-    EXPECT_EQ(k["rel_output"], m["rel_output"]) << key;
+    EXPECT_EQ(k.value("rel_output", -1.0), m.value("rel_output", -1.0)) << key;
   }
-  EXPECT_EQ(measured_equal, measured) << "an end-to-end unit must give the same figure at every level";
+  EXPECT_EQ(measured_equal, measured) << "an end-to-end unit must agree across levels within its errors";
   EXPECT_GE(measured, 58);
   EXPECT_LT(measured, 58 * 2) << "the kld level measures a few types per tensor, not all";
   const double rho_kld = analysis::spearman(kld, truth), rho_proxy = analysis::spearman(proxy, truth);

@@ -29,7 +29,8 @@ BlockCache::BlockCache(engine::Model& model, const std::vector<int32_t>& tokens,
   int64_t n = opt.max_windows < 0 ? available : std::min(available, opt.max_windows);
   const int64_t layers = model.num_layers();
   const int64_t dim = model.config().hidden_size;
-  const int64_t per_window = (layers + 1) * opt.n_ctx * dim * int64_t(sizeof(float));
+  const int64_t per_window =
+      opt.keep_block_inputs ? (layers + 1) * opt.n_ctx * dim * int64_t(sizeof(float)) : opt.n_ctx * opt.top_k * 8;
   const int64_t fit = std::max<int64_t>(1, opt.max_cache_bytes / std::max<int64_t>(1, per_window));
   if (n > fit) dropped_ = n - fit, n = fit;
   windows_.resize(size_t(n));
@@ -38,10 +39,10 @@ BlockCache::BlockCache(engine::Model& model, const std::vector<int32_t>& tokens,
     win.tokens.assign(tokens.begin() + w * opt.n_ctx, tokens.begin() + (w + 1) * opt.n_ctx);
     engine::Hidden h = model.embed({win.tokens});
     for (int64_t i = 0; i < layers; ++i) {
-      win.inputs.push_back(h.data);
+      if (opt.keep_block_inputs) win.inputs.push_back(h.data);
       model.run_block(i, h);
     }
-    win.inputs.push_back(h.data);
+    if (opt.keep_block_inputs) win.inputs.push_back(h.data);
     model.final_logits(h, [&](size_t, const float* logits, int64_t length, int64_t vocab) {
       add_window_refs(win, logits, length, vocab);
     });
@@ -109,6 +110,15 @@ int64_t BlockCache::entry_block(const std::string& name) const {
     if (ec == std::errc() && *p == '.' && i >= 0 && i < layers) return i;
   }
   return -1;  // the embedding, or anything else: re-run everything
+}
+
+eval::KldReport BlockCache::measure_model() {
+  eval::KldAccumulator acc;
+  std::vector<double> window_klds;
+  const int64_t batch = 4;
+  for (int64_t first = 0; first < windows(); first += batch)
+    run_batch(-1, first, std::min(batch, windows() - first), acc, window_klds);
+  return acc.report();
 }
 
 void BlockCache::run_batch(int64_t entry, int64_t first, int64_t count, eval::KldAccumulator& acc,
@@ -182,7 +192,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 EndToEnd BlockCache::measure(const std::string& name, engine::Weight replacement, const AdaptiveOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
-  const int64_t entry = entry_block(name);
+  int64_t entry = entry_block(name);
+  if (!opt_.keep_block_inputs) entry = -1;  // no hidden states: run from the embedding
   const int64_t n = opt.max_windows < 0 ? windows() : std::min(windows(), opt.max_windows);
   eval::KldAccumulator acc;
   std::vector<double> window_klds;

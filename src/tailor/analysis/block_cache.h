@@ -21,6 +21,9 @@ struct CacheOptions {
   int64_t top_k = 64;       // reference tokens kept per position (tail as one bucket)
   // Hidden-state cache bound: windows beyond it are dropped (at least one is kept).
   int64_t max_cache_bytes = int64_t(2) << 30;
+  // Off: keep only the reference distributions (for measure_model, which
+  // always runs from the embedding) and spend no memory on hidden states.
+  bool keep_block_inputs = true;
 };
 
 struct AdaptiveOptions {
@@ -66,6 +69,10 @@ class BlockCache {
   // The same with a full forward pass over windows [0, n_windows): the naive
   // method, for checks and benchmarks.
   EndToEnd measure_naive(const std::string& name, engine::Weight replacement, int64_t n_windows);
+
+  // The model as it is now (any number of tensors swapped by the caller)
+  // against the reference, over every cached window from the embedding.
+  eval::KldReport measure_model();
 
   // Where a change to `name` enters: the block index (0..L-1), L for the
   // output layer alone, -1 for the embedding (everything re-runs).

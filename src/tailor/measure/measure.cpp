@@ -103,7 +103,8 @@ nlohmann::json Settings::to_json() const {
           {"sample_rows", sample_rows},      {"top_k", top_k},
           {"max_rel_error", max_rel_error},  {"noise_floor", noise_floor},
           {"min_windows", min_windows},      {"calibrate", type_names(calibrate)},
-          {"holdout_every", holdout_every},  {"exponent", exponent}};
+          {"holdout_every", holdout_every},  {"exponent", exponent},
+          {"calib_max_rel_error", calib_max_rel_error}, {"calib_min_windows", calib_min_windows}};
 }
 
 Settings Settings::from_json(const nlohmann::json& j) {
@@ -125,6 +126,8 @@ Settings Settings::from_json(const nlohmann::json& j) {
     s.calibrate = types_from(j.at("calibrate"));
     s.holdout_every = j.at("holdout_every").get<int64_t>();
     s.exponent = j.at("exponent").get<double>();
+    s.calib_max_rel_error = j.at("calib_max_rel_error").get<double>();
+    s.calib_min_windows = j.at("calib_min_windows").get<int64_t>();
     return s;
   } catch (const nlohmann::json::exception& e) {
     fail("measurement settings: {}", e.what());
@@ -350,9 +353,10 @@ nlohmann::json run_unit(Context& c, jobs::JobStore& store, int64_t job, const Se
   const bool measured = std::find(roles.measured.begin(), roles.measured.end(), type) != roles.measured.end();
   if (measured) {
     analysis::AdaptiveOptions ao;
-    ao.max_rel_error = s.max_rel_error;
+    const bool calibration = s.level == Level::Kld;
+    ao.max_rel_error = calibration ? s.calib_max_rel_error : s.max_rel_error;
     ao.noise_floor = s.noise_floor;
-    ao.min_windows_precise = s.min_windows;
+    ao.min_windows_precise = calibration ? s.calib_min_windows : s.min_windows;
     const analysis::EndToEnd e = c.cache->measure(tensor, std::move(q), ao);
     const double se = std::max(e.kld.error, e.kld_window_error);
     m["kld"] = e.kld.value;

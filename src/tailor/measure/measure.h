@@ -51,6 +51,10 @@ struct Settings {
   // holdout_every-th tensor (0: none) to report the prediction's error.
   std::vector<GgmlType> calibrate;
   int64_t holdout_every = 6;
+  // kld level: the measured types only calibrate a gain whose prediction is
+  // itself good to ~10%, so they stop at a looser precision than `full`.
+  double calib_max_rel_error = 0.25;
+  int64_t calib_min_windows = 2;
   double exponent = 1.0;        // ΔKL ≈ gain · proxy^exponent
 
   nlohmann::json to_json() const;
