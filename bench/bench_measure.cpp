@@ -5,10 +5,16 @@
 // one run so the ratios compare like with like. Quantization is done once
 // beforehand and is not timed (both methods need it).
 //
+// BM_MeasureLevels times whole `tailor measure` jobs (full, kld, proxy) against
+// the naive method's estimated cost of the same sweep.
+//
 // TAILOR_BENCH_WINDOWS / TAILOR_BENCH_CTX override the 16 windows of 512.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <unistd.h>
 #include <string>
 #include <vector>
 
@@ -17,6 +23,7 @@
 #include "tailor/analysis/block_cache.h"
 #include "tailor/analysis/local_error.h"
 #include "tailor/eval/run_eval.h"
+#include "tailor/measure/measure.h"
 
 namespace {
 
@@ -95,6 +102,61 @@ void BM_MeasureSweep(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_MeasureSweep)->Iterations(1)->Unit(benchmark::kSecond);
+
+// The whole `tailor measure` job at each level (58 matrices x 7 types), and
+// the naive method's cost for the same sweep: a full forward pass over every
+// window per unit, timed on one unit per type and scaled to all units.
+void BM_MeasureLevels(benchmark::State& state) {
+  const int64_t windows = env_int("TAILOR_BENCH_WINDOWS", 16), ctx = env_int("TAILOR_BENCH_CTX", 512);
+  const std::string db = "/tmp/tailor-bench-measure-" + std::to_string(::getpid()) + ".db";
+  measure::Settings s;
+  s.text = std::string(TAILOR_SHARED_DIR) + "/text/calibration.txt";
+  s.eval = std::string(TAILOR_SHARED_DIR) + "/text/eval.txt";
+  s.n_ctx = ctx;
+  s.windows = windows;
+  for (auto _ : state) {
+    std::filesystem::remove(db);
+    jobs::JobStore store(db);
+    std::map<std::string, double> secs;
+    int64_t units = 0, e2e_tokens_full = 0;
+    for (measure::Level lv : {measure::Level::Full, measure::Level::Kld, measure::Level::Proxy}) {
+      s.level = lv;
+      const measure::RunResult r = measure::run_measure(store, kModel, s);
+      secs[measure::level_name(lv)] = r.seconds;
+      units = r.units_run;
+      if (lv == measure::Level::Full)
+        for (const auto& u : store.export_json(r.job_id)["units"]) e2e_tokens_full += u["metrics"].value("tokens", int64_t(0));
+    }
+    // Naive: one unit per type, spread over the depth.
+    engine::Model model = engine::Model::load(kModel);
+    const auto tok = eval::load_model_tokenizer(kModel);
+    BlockCache cache(model, eval::tokenize_text_file(*tok, s.eval), {.n_ctx = ctx, .max_windows = windows});
+    const std::vector<GgmlType> types = measure::default_types();
+    const std::vector<std::string> tensors = {"blk.0.attn_q.weight", "blk.1.ffn_down.weight", "blk.3.attn_v.weight",
+                                              "blk.4.ffn_gate.weight", "blk.6.attn_output.weight",
+                                              "blk.7.ffn_up.weight", "output.weight"};
+    double naive = 0;
+    for (size_t i = 0; i < types.size(); ++i) {
+      engine::Weight q = quantize_weight(model.weight(tensors[i]), types[i], {});
+      const auto t0 = std::chrono::steady_clock::now();
+      cache.measure_naive(tensors[i], std::move(q), cache.windows());
+      naive += seconds(t0);
+    }
+    const double naive_total = naive / double(types.size()) * double(units);
+    state.counters["units"] = double(units);
+    state.counters["full_s"] = secs["full"];
+    state.counters["kld_s"] = secs["kld"];
+    state.counters["proxy_s"] = secs["proxy"];
+    state.counters["naive_s_est"] = naive_total;
+    state.counters["naive_over_full"] = naive_total / secs["full"];
+    state.counters["full_over_kld"] = secs["full"] / secs["kld"];
+    state.counters["full_s_per_unit"] = secs["full"] / double(units);
+    state.counters["kld_s_per_unit"] = secs["kld"] / double(units);
+    state.counters["full_e2e_tok/s"] = double(e2e_tokens_full) / secs["full"];
+    std::filesystem::remove(db);
+  }
+}
+BENCHMARK(BM_MeasureLevels)->Iterations(1)->Unit(benchmark::kSecond);
 
 }  // namespace
 

@@ -635,3 +635,14 @@ TEST(JobsCli, ManagesJobs) {
   EXPECT_NE(r.err.find("schema version 42"), std::string::npos) << r.err;
   EXPECT_EQ(tailor::test::count_lines(r.err), 1) << r.err;
 }
+
+// A typo'd --db is an error, not a new empty database.
+TEST(JobsCli, MissingDatabaseIsAnErrorAndNotCreated) {
+  const std::string db = fresh_db("typo");
+  for (const std::string cmd : {"jobs show 1 --db ", "jobs list --db ", "jobs pause 1 --db ", "jobs export 1 --db "}) {
+    const auto r = run_cli(cmd + db);
+    EXPECT_EQ(r.exit_code, 1) << cmd;
+    EXPECT_NE(r.err.find(db + ": no such job database"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(db)) << cmd << " created the file";
+  }
+}

@@ -2,6 +2,7 @@
 // measurement jobs in the job store (--db, default under the user's data dir).
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -66,7 +67,11 @@ nlohmann::json job_json(const JobInfo& j) {
 std::string model_name(const JobInfo& j) { return j.model.repo.empty() ? j.model.path : j.model.repo; }
 
 void list(const JobsArgs& a) {
-  JobStore store(db_path(a));
+  if (a.db.empty() && !std::filesystem::exists(db_path(a))) {
+    print(a.json ? "[]\n" : fmt::format("no jobs in {}\n", db_path(a)));
+    return;
+  }
+  JobStore store(db_path(a), JobStore::Open::ExistingOnly);
   const auto all = store.list_jobs();
   if (a.json) {
     nlohmann::json arr = nlohmann::json::array();
@@ -87,7 +92,7 @@ void list(const JobsArgs& a) {
 }
 
 void show(const JobsArgs& a) {
-  JobStore store(db_path(a));
+  JobStore store(db_path(a), JobStore::Open::ExistingOnly);
   const JobInfo j = store.job(a.id);
   const auto log = store.log_lines(a.id, a.log_lines);
   if (a.json) {
@@ -116,7 +121,7 @@ void show(const JobsArgs& a) {
 }
 
 void export_job(const JobsArgs& a) {
-  JobStore store(db_path(a));
+  JobStore store(db_path(a), JobStore::Open::ExistingOnly);
   std::string text;
   if (a.format == "json") text = store.export_json(a.id).dump(2) + "\n";
   else if (a.format == "csv") text = store.export_csv(a.id);
@@ -157,13 +162,13 @@ void register_jobs(CLI::App& app) {
   sh->add_option("--log", a->log_lines, "Log lines to show (-1: all)")->capture_default_str();
 
   with_id(add_db(jobs->add_subcommand("pause", "Ask the job's worker to stop after its current unit")), a,
-          [](const JobsArgs& x) { JobStore(db_path(x)).pause(x.id); });
+          [](const JobsArgs& x) { JobStore(db_path(x), JobStore::Open::ExistingOnly).pause(x.id); });
   with_id(add_db(jobs->add_subcommand("resume", "Queue a paused or failed job again")), a,
-          [](const JobsArgs& x) { JobStore(db_path(x)).resume(x.id); });
+          [](const JobsArgs& x) { JobStore(db_path(x), JobStore::Open::ExistingOnly).resume(x.id); });
   with_id(add_db(jobs->add_subcommand("cancel", "Stop a job for good (its results stay)")), a,
-          [](const JobsArgs& x) { JobStore(db_path(x)).cancel(x.id); });
+          [](const JobsArgs& x) { JobStore(db_path(x), JobStore::Open::ExistingOnly).cancel(x.id); });
   with_id(add_db(jobs->add_subcommand("rm", "Delete a job with its units, results and log")), a,
-          [](const JobsArgs& x) { JobStore(db_path(x)).remove_job(x.id); });
+          [](const JobsArgs& x) { JobStore(db_path(x), JobStore::Open::ExistingOnly).remove_job(x.id); });
 
   auto* ex = with_id(add_db(jobs->add_subcommand("export", "Write a job's units and results as JSON or CSV")), a,
                      export_job);

@@ -6,10 +6,13 @@
 #include <map>
 #include <optional>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "tailor/eval/imatrix.h"
+#include "tailor/plan/strategy.h"
+#include "tailor/plan/planner.h"
 #include "tailor/plan/quantize.h"
 #include "tailor/util/error.h"
 #include "write_report.h"
@@ -18,7 +21,7 @@ namespace tailor::cli {
 namespace {
 
 struct QuantizeArgs {
-  std::string input, output, recipe, imatrix, name;
+  std::string input, output, recipe, imatrix, name, strategy;
   int threads = 0;
   bool json = false, quiet = false, dry_run = false;
 };
@@ -54,9 +57,44 @@ void print_plan(const QuantizeArgs& a, const Recipe& r) {
                 plan.tensors[i].fell_back ? " (fallback)" : "");
 }
 
+// The strategy's types, after checking it is for this model and usable.
+std::map<std::string, GgmlType> strategy_types_checked(const QuantizeArgs& a) {
+  const plan::Strategy s = plan::read_strategy(a.strategy);
+  plan::check_strategy_model(s, a.input, a.strategy);
+  const std::vector<plan::TensorOptions> model = plan::model_tensors(a.input);
+  const std::vector<std::string> problems = plan::check_strategy(s, model, a.strategy);
+  if (!problems.empty())
+    fail("{}{}", problems.front(),
+         problems.size() > 1 ? fmt::format(" (and {} more; see `tailor plan --check`)", problems.size() - 1) : "");
+  return plan::strategy_types(s);
+}
+
+// general.file_type of a mixed file: the llama_ftype of the type holding the most bytes.
+uint32_t dominant_file_type(const std::vector<TensorDesc>& layout, const std::map<std::string, GgmlType>& types) {
+  std::map<GgmlType, double> bytes;
+  for (const TensorDesc& d : layout) {
+    const auto it = types.find(d.name);
+    if (it == types.end()) continue;
+    double n = 1;
+    for (int64_t x : d.ne) n *= double(x);
+    bytes[it->second] += n * type_info(it->second).bits_per_weight();
+  }
+  GgmlType best = GgmlType::F16;
+  double most = -1;
+  for (const auto& [t, b] : bytes)
+    if (b > most) most = b, best = t;
+  return llama_file_type(best);
+}
+
 void run_quantize(const QuantizeArgs& a) {
-  const Recipe& r = recipe_named(a.recipe);
-  if (a.dry_run) return print_plan(a, r);
+  if (a.strategy.empty() == a.recipe.empty())
+    fail("quantize: give either --type RECIPE or --strategy FILE");
+  std::optional<Recipe> recipe;
+  std::map<std::string, GgmlType> strategy;
+  if (!a.strategy.empty()) strategy = strategy_types_checked(a);
+  else recipe = recipe_named(a.recipe);
+  const Recipe& r = recipe ? *recipe : Recipe{};
+  if (a.dry_run && recipe) return print_plan(a, r);
   QuantizeRequest q;
   q.input = a.input;
   q.output = a.output;
@@ -69,7 +107,16 @@ void run_quantize(const QuantizeArgs& a) {
   }
   q.on_tensor = tensor_progress(!a.quiet && !a.json);
   const auto t0 = std::chrono::steady_clock::now();
-  const ConvertResult res = quantize_with_recipe(q, r);
+  uint32_t file_type = r.file_type;
+  std::string label(r.name);
+  ConvertResult res;
+  if (recipe) {
+    res = quantize_with_recipe(q, r);
+  } else {
+    file_type = dominant_file_type(gguf_tensor_layout(a.input), strategy);
+    label = a.strategy;
+    res = quantize_with_types(q, strategy, file_type, GgmlType::F16);
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   if (!a.quiet && !a.json) warn_missing_importance(res.missing_importance, a.imatrix);
@@ -84,8 +131,9 @@ void run_quantize(const QuantizeArgs& a) {
   if (a.json) {
     nlohmann::json j;
     j["output"] = a.output;
-    j["recipe"] = std::string(r.name);
-    j["file_type"] = r.file_type;
+    j["recipe"] = recipe ? nlohmann::json(std::string(r.name)) : nlohmann::json(nullptr);
+    if (!recipe) j["strategy"] = a.strategy;
+    j["file_type"] = file_type;
     j["architecture"] = res.arch;
     j["tensor_count"] = res.tensors.size();
     j["parameters"] = res.params;
@@ -110,7 +158,7 @@ void run_quantize(const QuantizeArgs& a) {
                 double(t.bytes) / (1024.0 * 1024.0), bits(t.bytes, t.params));
   std::printf("wrote %s: %s %s (file_type %u), %zu tensors, %.1f M parameters, %.2f MiB, %.3f bits per weight, "
               "%.1f s\n",
-              a.output.c_str(), res.arch.c_str(), std::string(r.name).c_str(), r.file_type, res.tensors.size(),
+              a.output.c_str(), res.arch.c_str(), label.c_str(), file_type, res.tensors.size(),
               double(res.params) / 1e6, double(res.file_size) / (1024.0 * 1024.0), bpw, secs);
   if (res.fallbacks)
     std::printf("%d tensor(s) used a fallback type: their rows do not fit the recipe's blocks\n", res.fallbacks);
@@ -120,13 +168,14 @@ void run_quantize(const QuantizeArgs& a) {
 
 void register_quantize(CLI::App& app) {
   auto args = std::make_shared<QuantizeArgs>();
-  auto* cmd = app.add_subcommand("quantize", "Quantize a Hugging Face model folder with a llama.cpp recipe (Q4_K_M, ...)");
+  auto* cmd = app.add_subcommand("quantize", "Quantize a Hugging Face model folder with a llama.cpp recipe (Q4_K_M, ...) or a strategy from `tailor plan`");
   cmd->add_option("input", args->input, "Hugging Face model folder (config.json, *.safetensors, tokenizer)")
       ->required();
   cmd->add_option("-o,--output", args->output, "Output .gguf file (written atomically)");
   cmd->add_option("-t,--type", args->recipe,
-                  "llama-quantize file type: Q4_K_M, Q5_K_M, Q3_K_S, Q8_0, IQ4_XS, IQ2_XXS (needs --imatrix), ...")
-      ->required();
+                  "llama-quantize file type: Q4_K_M, Q5_K_M, Q3_K_S, Q8_0, IQ4_XS, IQ2_XXS (needs --imatrix), ...");
+  cmd->add_option("--strategy", args->strategy,
+                  "Strategy file from `tailor plan` (YAML/JSON): the type of every tensor");
   cmd->add_option("--imatrix", args->imatrix,
                   "Importance matrix (llama-imatrix GGUF or .dat, or tailor imatrix); needed by the lowest-bit types");
   cmd->add_option("--name", args->name, "general.name (default: the folder name)");

@@ -391,8 +391,10 @@ std::string JobStore::default_path() {
   return std::string(home && *home ? home : ".") + "/.local/share/tailor/jobs.db";
 }
 
-JobStore::JobStore(const std::string& path) : impl_(std::make_unique<Impl>()) {
+JobStore::JobStore(const std::string& path, Open mode) : impl_(std::make_unique<Impl>()) {
   impl_->path = path;
+  if (mode == Open::ExistingOnly && !std::filesystem::exists(path))
+    fail("{}: no such job database (check --db, or run a job first)", path);
   open_and_migrate(impl_->db, path);
 }
 JobStore::~JobStore() = default;

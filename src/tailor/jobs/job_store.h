@@ -71,7 +71,10 @@ class JobStore {
   static std::string default_path();
   // Opens (creating file and folder if needed) and migrates to kSchemaVersion.
   // A newer schema, a corrupt file or a foreign SQLite file: Error, file untouched.
-  explicit JobStore(const std::string& path);
+  // ExistingOnly: a missing file is an Error instead of a new empty database
+  // (for commands that only read or manage jobs, so a typo'd --db says so).
+  enum class Open { CreateIfMissing, ExistingOnly };
+  explicit JobStore(const std::string& path, Open mode = Open::CreateIfMissing);
   ~JobStore();
   JobStore(JobStore&&) noexcept;
   JobStore& operator=(JobStore&&) noexcept;

@@ -126,8 +126,8 @@ Settings Settings::from_json(const nlohmann::json& j) {
     s.calibrate = types_from(j.at("calibrate"));
     s.holdout_every = j.at("holdout_every").get<int64_t>();
     s.exponent = j.at("exponent").get<double>();
-    s.calib_max_rel_error = j.at("calib_max_rel_error").get<double>();
-    s.calib_min_windows = j.at("calib_min_windows").get<int64_t>();
+    s.calib_max_rel_error = j.value("calib_max_rel_error", s.calib_max_rel_error);
+    s.calib_min_windows = j.value("calib_min_windows", s.calib_min_windows);
     return s;
   } catch (const nlohmann::json::exception& e) {
     fail("measurement settings: {}", e.what());
@@ -251,24 +251,21 @@ struct Context {
   std::unique_ptr<analysis::BlockCache> cache;
 };
 
-void prepare(Context& c, const std::string& model_path, const Settings& s, const RunOptions& opt) {
-  const auto tok = eval::load_model_tokenizer(model_path);
-  const std::vector<int32_t> calib = eval::tokenize_text_file(*tok, s.text);
+std::vector<int32_t> calibration_tokens(const Tokenizer& tok, const Settings& s) {
+  std::vector<int32_t> calib = eval::tokenize_text_file(tok, s.text);
   if (int64_t(calib.size()) < s.n_ctx)
     fail("{}: {} tokens, fewer than one window of {} (use a longer text or a smaller --ctx)", s.text,
          calib.size(), s.n_ctx);
-  if (s.imatrix == "none") {
-  } else if (!s.imatrix.empty()) {
-    c.imatrix = eval::Imatrix::load(s.imatrix, s.n_ctx);
-    c.have_imatrix = true;
-  } else {
+  return calib;
+}
+
+void prepare(Context& c, const std::string& model_path, const Settings& s, const RunOptions& opt) {
+  const auto tok = eval::load_model_tokenizer(model_path);
+  const std::vector<int32_t> calib = calibration_tokens(*tok, s);
+  if (s.imatrix.empty())
     say(opt, fmt::format("importance matrix: {} windows of {} tokens of {}", s.calib_chunks, s.n_ctx, s.text));
-    eval::ImatrixOptions io;
-    io.n_ctx = s.n_ctx;
-    io.max_chunks = s.calib_chunks;
-    io.batch = 4;
-    if (tok->add_bos()) io.bos = tok->bos_id();
-    eval::collect_imatrix(c.model, calib, io, c.imatrix);
+  if (auto im = settings_imatrix(c.model, model_path, s)) {
+    c.imatrix = std::move(*im);
     c.have_imatrix = true;
   }
   // Activation samples from the calibration windows, spread over four windows.
@@ -458,6 +455,34 @@ std::unique_ptr<Context> load_context(const std::string& model_path, const Setti
 }
 
 }  // namespace
+
+std::optional<eval::Imatrix> settings_imatrix(engine::Model& model, const std::string& model_path,
+                                              const Settings& s) {
+  if (s.imatrix == "none") return std::nullopt;
+  if (!s.imatrix.empty()) return eval::Imatrix::load(s.imatrix, s.n_ctx);
+  const auto tok = eval::load_model_tokenizer(model_path);
+  const std::vector<int32_t> calib = calibration_tokens(*tok, s);
+  eval::ImatrixOptions io;
+  io.n_ctx = s.n_ctx;
+  io.max_chunks = s.calib_chunks;
+  io.batch = 4;
+  if (tok->add_bos()) io.bos = tok->bos_id();
+  eval::Imatrix im;
+  eval::collect_imatrix(model, calib, io, im);
+  return im;
+}
+
+int64_t find_measurement(jobs::JobStore& store, const std::string& model_path) {
+  const std::string hash = jobs::model_content_hash(model_path);
+  int64_t best = 0;
+  double when = -1;
+  for (const jobs::JobInfo& j : store.list_jobs()) {
+    if (j.kind != "measure" || j.state != jobs::JobState::Done || j.model.hash != hash) continue;
+    const double t = j.finished.value_or(j.updated);
+    if (t > when) when = t, best = j.id;
+  }
+  return best;
+}
 
 RunResult run_measure(jobs::JobStore& store, const std::string& model_path, const Settings& settings,
                       const RunOptions& opt) {

@@ -17,11 +17,14 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "tailor/engine/model.h"
+#include "tailor/eval/imatrix.h"
 #include "tailor/jobs/job_store.h"
 #include "tailor/quant/types.h"
 
@@ -100,6 +103,15 @@ RunResult run_measure(jobs::JobStore& store, const std::string& model_path, cons
 // must still hash as it did (Error otherwise).
 RunResult resume_measure(jobs::JobStore& store, int64_t job_id, const std::string& model_path,
                          const RunOptions& opt = {});
+
+// The importance matrix a measurement used (loaded or collected again from
+// its calibration text, deterministically); nullopt for imatrix "none".
+std::optional<eval::Imatrix> settings_imatrix(engine::Model& model, const std::string& model_path,
+                                              const Settings& settings);
+
+// The newest finished measure job of the model at `model_path` (same content
+// hash) in `store`, or 0.
+int64_t find_measurement(jobs::JobStore& store, const std::string& model_path);
 
 // Tables for people and scripts from a job's export (JobStore::export_json):
 // per tensor and type the best ΔKL estimate ("cost": measured, predicted or

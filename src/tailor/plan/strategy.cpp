@@ -360,7 +360,8 @@ Strategy make_strategy(std::span<const TensorOptions> tensors, const Allocation&
     t.bpw = bits_per_weight(c.bytes, tensors[i].n_elements);
     t.cost = c.cost;
     t.cost_error = c.cost_error;
-    t.knee = std::string(type_name(find_knee(tensors[i], knee_opt).type));
+    const Knee k = find_knee(tensors[i], knee_opt);
+    t.knee = k.found ? std::string(type_name(k.type)) : "";
     t.pinned = c.pinned;
     t.reason = c.reason;
     s.totals.bytes += c.bytes;
