@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "plan_args.h"
 #include "tailor/engine/model.h"
 #include "tailor/eval/run_eval.h"
 #include "tailor/measure/measure.h"
@@ -19,14 +20,6 @@
 
 namespace tailor::cli {
 namespace {
-
-struct PlanArgs {
-  std::string model, db, output, check, target_size, types, eval, text;
-  std::optional<double> target_bpw, max_kld, max_ppl;
-  std::vector<std::string> rules;
-  int64_t job = 0, windows = 16, ctx = 512;
-  bool no_verify = false, json = false, quiet = false;
-};
 
 std::string db_of(const PlanArgs& a) { return a.db.empty() ? jobs::JobStore::default_path() : a.db; }
 
@@ -79,8 +72,13 @@ void check(const PlanArgs& a) {
   if (!problems.empty()) throw ExitCode{1};
 }
 
-void run(const PlanArgs& a) {
-  if (!a.check.empty()) return check(a);
+}  // namespace
+
+int64_t run_plan(const PlanArgs& a) {
+  if (!a.check.empty()) {
+    check(a);
+    return 0;
+  }
   if (a.model.empty()) fail("plan: give a model folder");
   jobs::JobStore store(db_of(a));
   const int64_t job = measurement_job(store, a);
@@ -152,9 +150,24 @@ void run(const PlanArgs& a) {
                                        a.output.c_str(), a.model.c_str(), a.output.c_str());
   }
   if (v && !v->met) throw ExitCode{3};
+  return job;
 }
 
-}  // namespace
+void add_budget_options(CLI::App* cmd, PlanArgs& a) {
+  cmd->add_option("--target-bpw", a.target_bpw, "Budget: bits per weight over all weights");
+  cmd->add_option("--target-size", a.target_size, "Budget: size of all weights, e.g. 18MB, 1.5GiB");
+  cmd->add_option("--max-kld", a.max_kld, "Budget: mean KL divergence to the unquantized model (nats)");
+  cmd->add_option("--max-ppl-increase", a.max_ppl, "Budget: perplexity increase in percent");
+  cmd->add_option("--rule", a.rules,
+                  "Pin or floor, repeatable: output.weight=Q8_0, attn_v=Q6_K+ (that type or more bits), "
+                  "attn_(q|k)>=Q4_K, ffn_.*>=3.5 (bits per weight)");
+  cmd->add_option("--text", a.text, "Calibration text: measure now (kld level) when there is no measurement");
+  cmd->add_option("--db", a.db, "Job database (default: $TAILOR_DB, else $XDG_DATA_HOME/tailor/jobs.db)");
+}
+
+bool has_budget(const PlanArgs& a) {
+  return a.target_bpw || a.max_kld || a.max_ppl || !a.target_size.empty();
+}
 
 void register_plan(CLI::App& app) {
   auto a = std::make_shared<PlanArgs>();
@@ -164,25 +177,17 @@ void register_plan(CLI::App& app) {
       "model and write a strategy file (YAML or JSON) to review, edit and give to `tailor quantize --strategy`.");
   cmd->add_option("model", a->model, "HF model folder");
   cmd->add_option("-o,--output", a->output, "Strategy file to write (.yaml, .yml or .json)");
-  cmd->add_option("--target-bpw", a->target_bpw, "Budget: bits per weight over all weights");
-  cmd->add_option("--target-size", a->target_size, "Budget: size of all weights, e.g. 18MB, 1.5GiB");
-  cmd->add_option("--max-kld", a->max_kld, "Budget: mean KL divergence to the unquantized model (nats)");
-  cmd->add_option("--max-ppl-increase", a->max_ppl, "Budget: perplexity increase in percent");
-  cmd->add_option("--rule", a->rules,
-                  "Pin or floor, repeatable: output.weight=Q8_0, attn_v=Q6_K+ (that type or more bits), "
-                  "attn_(q|k)>=Q4_K, ffn_.*>=3.5 (bits per weight)");
+  add_budget_options(cmd, *a);
   cmd->add_option("--types", a->types, "Types the plan may use (default: every measured type, and F16)");
   cmd->add_option("--job", a->job, "Measurement job to plan from (default: the newest finished one of this model)");
-  cmd->add_option("--text", a->text, "Calibration text: measure now (kld level) when there is no measurement");
   cmd->add_option("--eval", a->eval, "Eval text for the verification (default: the measurement's)");
   cmd->add_option("--windows", a->windows, "Verification windows")->capture_default_str();
   cmd->add_option("--ctx", a->ctx, "Verification window length")->capture_default_str();
   cmd->add_flag("--no-verify", a->no_verify, "Skip measuring the plan on the model");
   cmd->add_option("--check", a->check, "Validate this (edited) strategy file against the model and exit");
-  cmd->add_option("--db", a->db, "Job database (default: $TAILOR_DB, else $XDG_DATA_HOME/tailor/jobs.db)");
   cmd->add_flag("--json", a->json, "Print the strategy and verification as JSON");
   cmd->add_flag("-q,--quiet", a->quiet, "No summary");
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a] { run_plan(*a); });
 }
 
 }  // namespace tailor::cli

@@ -10,7 +10,11 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "plan_args.h"
+#include "tailor/engine/model.h"
 #include "tailor/eval/imatrix.h"
+#include "tailor/jobs/job_store.h"
+#include "tailor/measure/measure.h"
 #include "tailor/plan/strategy.h"
 #include "tailor/plan/planner.h"
 #include "tailor/plan/quantize.h"
@@ -21,6 +25,7 @@ namespace tailor::cli {
 namespace {
 
 struct QuantizeArgs {
+  PlanArgs plan;  // --target-bpw / --max-kld ...: measure and plan on the way
   std::string input, output, recipe, imatrix, name, strategy;
   int threads = 0;
   bool json = false, quiet = false, dry_run = false;
@@ -86,9 +91,30 @@ uint32_t dominant_file_type(const std::vector<TensorDesc>& layout, const std::ma
   return llama_file_type(best);
 }
 
-void run_quantize(const QuantizeArgs& a) {
+void run_quantize(QuantizeArgs a) {
+  if (has_budget(a.plan)) {
+    if (!a.strategy.empty() || !a.recipe.empty())
+      fail("quantize: a budget (--target-bpw, --target-size, --max-kld, --max-ppl-increase) replaces --type and --strategy");
+    if (a.output.empty()) fail("quantize: --output FILE is required");
+    // The plan is kept beside the model file, for review and reuse.
+    a.plan.model = a.input;
+    a.plan.output = a.output + ".strategy.yaml";
+    a.plan.quiet = a.quiet || a.json;
+    const int64_t job = run_plan(a.plan);
+    a.strategy = a.plan.output;
+    if (a.imatrix.empty()) {
+      // Quantize with the importance matrix the measurement (and so the plan) assumed.
+      jobs::JobStore store(a.plan.db.empty() ? jobs::JobStore::default_path() : a.plan.db);
+      const measure::Settings ms = measure::Settings::from_json(store.job(job).settings);
+      engine::Model model = engine::Model::load(a.input);
+      if (auto im = measure::settings_imatrix(model, a.input, ms)) {
+        a.imatrix = a.output + ".imatrix.gguf";
+        im->save_gguf(a.imatrix);
+      }
+    }
+  }
   if (a.strategy.empty() == a.recipe.empty())
-    fail("quantize: give either --type RECIPE or --strategy FILE");
+    fail("quantize: give --type RECIPE, --strategy FILE, or a budget such as --target-bpw 4.5");
   std::optional<Recipe> recipe;
   std::map<std::string, GgmlType> strategy;
   if (!a.strategy.empty()) strategy = strategy_types_checked(a);
@@ -176,6 +202,7 @@ void register_quantize(CLI::App& app) {
                   "llama-quantize file type: Q4_K_M, Q5_K_M, Q3_K_S, Q8_0, IQ4_XS, IQ2_XXS (needs --imatrix), ...");
   cmd->add_option("--strategy", args->strategy,
                   "Strategy file from `tailor plan` (YAML/JSON): the type of every tensor");
+  add_budget_options(cmd, args->plan);
   cmd->add_option("--imatrix", args->imatrix,
                   "Importance matrix (llama-imatrix GGUF or .dat, or tailor imatrix); needed by the lowest-bit types");
   cmd->add_option("--name", args->name, "general.name (default: the folder name)");
