@@ -175,6 +175,36 @@ TEST(Compare, ChartsAreWritten) {
     EXPECT_NE(svg.find(label), std::string::npos) << label;
 }
 
+TEST(Compare, ChartDrawsStrategiesAsALine) {
+  tailor::plan::CompareResult r;
+  auto add = [&](const std::string& name, bool baseline, double bpw, double kld) {
+    tailor::plan::CompareEntry e;
+    e.name = name;
+    e.baseline = baseline;
+    e.result.bpw = bpw;
+    e.result.report.kld.value = kld;
+    r.entries.push_back(e);
+  };
+  add("Q4_K_M", true, 5.0, 0.016);
+  add("plan-6", false, 6.0, 0.002);
+  add("Q8_0", true, 8.5, 1.5e-4);
+  add("plan-4.5", false, 4.5, 0.012);
+  const tailor::report::Chart c = tailor::plan::compare_chart(r);
+  EXPECT_TRUE(c.y_log);
+  EXPECT_FALSE(c.x_log);
+  ASSERT_EQ(c.series.size(), 2u);
+  EXPECT_EQ(c.series[0].style, tailor::report::SeriesStyle::points);
+  ASSERT_EQ(c.series[0].points.size(), 2u);
+  EXPECT_EQ(c.series[0].points[1].label, "Q8_0");
+  EXPECT_EQ(c.series[1].style, tailor::report::SeriesStyle::line);
+  ASSERT_EQ(c.series[1].points.size(), 2u);
+  EXPECT_EQ(c.series[1].points[0].label, "plan-4.5");
+  EXPECT_DOUBLE_EQ(c.series[1].points[1].y, 0.002);
+  // A single strategy is a point, not a line of one.
+  r.entries.erase(r.entries.begin() + 1);  // plan-6
+  EXPECT_EQ(tailor::plan::compare_chart(r).series[1].style, tailor::report::SeriesStyle::points);
+}
+
 TEST(Compare, TableIsSortedBySize) {
   const auto r = run_cli("compare " + kModel + " --text " + kText + " --ctx 128 --windows 1 --baselines Q2_K,Q8_0");
   ASSERT_EQ(r.exit_code, 0) << r.err;

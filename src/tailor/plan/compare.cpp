@@ -249,8 +249,11 @@ report::Chart compare_chart(const CompareResult& r) {
   report::Series recipes, strategies;
   recipes.name = "llama.cpp recipes";
   strategies.name = "strategies";
-  for (const CompareEntry& e : r.entries)  // already by size, so the line runs left to right
+  for (const CompareEntry& e : r.entries)
     (e.baseline ? recipes : strategies).points.push_back({e.result.bpw, e.result.report.kld.value, e.name});
+  // The line runs left to right whatever order the entries came in.
+  std::stable_sort(strategies.points.begin(), strategies.points.end(),
+                   [](const report::ChartPoint& a, const report::ChartPoint& b) { return a.x < b.x; });
   if (strategies.points.size() > 1) strategies.style = report::SeriesStyle::line;
   if (!recipes.points.empty()) c.series.push_back(std::move(recipes));
   if (!strategies.points.empty()) c.series.push_back(std::move(strategies));
