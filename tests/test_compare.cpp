@@ -142,6 +142,53 @@ TEST(Compare, UniformStrategyMeasuresAsTheRecipe) {
   EXPECT_DOUBLE_EQ((*s)["kld_p99"].get<double>(), (*q8)["kld_p99"].get<double>());
 }
 
+// The recipe's own types written out as a strategy: mixed types, not one for all.
+std::string recipe_strategy(const std::string& recipe) {
+  const std::string path = work_dir() + "/as_" + recipe + ".json";
+  if (fresh(path)) return path;
+  tailor::plan::Strategy s;
+  for (const auto& [name, type] : tailor::plan::recipe_types(kModel, tailor::recipe_named(recipe), nullptr))
+    s.tensors.push_back(named(name, std::string(tailor::type_name(type))));
+  tailor::plan::write_strategy(path, s);
+  return path;
+}
+
+TEST(Compare, OneImportanceMatrixForRecipesAndStrategies) {
+  const std::string calib = kShared + "/text/calibration.txt";
+  const std::string strategy = recipe_strategy("Q4_K_M");
+  const auto r = run_cli("compare " + kModel + " --text " + kText + " " + kSmall + " --calib " + calib +
+                         " --calib-chunks 2 --baselines Q4_K_M --strategy " + strategy + " --json -q");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");  // -q
+  const json j = json::parse(r.out);
+  EXPECT_NE(j["imatrix"].get<std::string>().find("calibration.txt"), std::string::npos);
+  const json* recipe = entry(j, "Q4_K_M");
+  const json* mixed = entry(j, "as_Q4_K_M");
+  ASSERT_TRUE(recipe && mixed);
+  // The same types with the same importance values measure the same.
+  EXPECT_EQ((*recipe)["bytes"], (*mixed)["bytes"]);
+  EXPECT_DOUBLE_EQ((*recipe)["kld"]["value"].get<double>(), (*mixed)["kld"]["value"].get<double>());
+  // ... and the importance values did reach the quantizers: without them
+  // (the shared run, same windows) the K-quants round differently.
+  const json* plain = entry(shared_run(), "Q4_K_M");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ((*plain)["bytes"], (*recipe)["bytes"]);
+  EXPECT_NE((*plain)["kld"]["value"].get<double>(), (*recipe)["kld"]["value"].get<double>());
+
+  // A saved matrix from the same windows gives the same result as collecting it here.
+  const std::string im = work_dir() + "/calib2.gguf";
+  const auto made = run_cli("imatrix " + kModel + " --text " + calib + " --ctx 256 --chunks 2 -o " + im + " -q");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  const auto r2 = run_cli("compare " + kModel + " --text " + kText + " " + kSmall + " --imatrix " + im +
+                          " --baselines Q4_K_M --json -q");
+  ASSERT_EQ(r2.exit_code, 0) << r2.err;
+  const json j2 = json::parse(r2.out);
+  const json* loaded = entry(j2, "Q4_K_M");
+  ASSERT_TRUE(loaded);
+  EXPECT_NEAR((*loaded)["kld"]["value"].get<double>(), (*recipe)["kld"]["value"].get<double>(),
+              1e-3 * (*recipe)["kld"]["value"].get<double>());
+}
+
 TEST(Compare, SizesAgreeWithTheQuantizedFile) {
   const std::string gguf = work_dir() + "/q4_k_m.gguf";
   if (!fresh(gguf)) {
