@@ -102,8 +102,10 @@ CompareResult run_compare(const CompareRequest& req, const CompareLog& log) {
 
   // Cheap checks first, so a typo costs no model load.
   std::vector<const Recipe*> recipes;
-  for (const std::string& name : req.baselines) {
-    const Recipe& r = recipe_named(name);
+  for (const std::string& given : req.baselines) {
+    // "Q8_0, Q4_K_M" splits into names with a leading space.
+    const size_t b = given.find_first_not_of(" \t"), e = given.find_last_not_of(" \t");
+    const Recipe& r = recipe_named(b == std::string::npos ? std::string() : given.substr(b, e - b + 1));
     if (std::find(recipes.begin(), recipes.end(), &r) != recipes.end())
       fail("compare: baseline {} is given more than once", r.name);
     recipes.push_back(&r);
@@ -195,8 +197,8 @@ std::string format_compare_table(const CompareResult& r) {
   std::string s;
   if (!r.entries.empty()) {
     const eval::KldReport& k = r.entries.front().result.report;
-    s += fmt::format("reference (unquantized): PPL {:.4f} ± {:.4f} over {} windows of {} tokens\n", k.ppl_base.value,
-                     k.ppl_base.error, r.windows, r.n_ctx);
+    s += fmt::format("reference (unquantized): PPL {:.4f} ± {:.4f} over {} window{} of {} tokens\n", k.ppl_base.value,
+                     k.ppl_base.error, r.windows, r.windows == 1 ? "" : "s", r.n_ctx);
   }
   s += fmt::format("importance matrix: {}\n\n", r.imatrix.empty() ? "none" : r.imatrix);
   s += fmt::format("{:<16} {:<8} {:>9} {:>7} {:>10} {:>9} {:>22} {:>10} {:>9}\n", "name", "kind", "size MiB", "bpw",
