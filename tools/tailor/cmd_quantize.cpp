@@ -16,6 +16,7 @@
 #include "tailor/jobs/job_store.h"
 #include "tailor/measure/measure.h"
 #include "tailor/plan/strategy.h"
+#include "tailor/plan/compare.h"
 #include "tailor/plan/planner.h"
 #include "tailor/plan/quantize.h"
 #include "tailor/util/error.h"
@@ -66,12 +67,7 @@ void print_plan(const QuantizeArgs& a, const Recipe& r) {
 std::map<std::string, GgmlType> strategy_types_checked(const QuantizeArgs& a) {
   const plan::Strategy s = plan::read_strategy(a.strategy);
   plan::check_strategy_model(s, a.input, a.strategy);
-  const std::vector<plan::TensorOptions> model = plan::model_tensors(a.input);
-  const std::vector<std::string> problems = plan::check_strategy(s, model, a.strategy);
-  if (!problems.empty())
-    fail("{}{}", problems.front(),
-         problems.size() > 1 ? fmt::format(" (and {} more; see `tailor plan --check`)", problems.size() - 1) : "");
-  return plan::strategy_types(s);
+  return plan::strategy_types(s, plan::model_tensors(a.input), a.strategy);
 }
 
 // general.file_type of a mixed file: the llama_ftype of the type holding the most bytes.

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   tailor::cli::register_jobs(app);
   tailor::cli::register_measure(app);
   tailor::cli::register_plan(app);
+  tailor::cli::register_compare(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
