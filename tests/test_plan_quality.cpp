@@ -163,6 +163,18 @@ TEST(PlanCli, PlanQuantizeCheck) {
   EXPECT_NE(r.err.find("smallest allowed types need"), std::string::npos) << r.err;
   EXPECT_EQ(tailor::test::count_lines(r.err), 1) << r.err;
   EXPECT_FALSE(fs::exists(scratch("x.yaml")));
+  // A recipe's name as the size: no larger than that recipe's weights.
+  r = run_cli("plan " + kModel + " --db " + f.db + " --target-size Q3_K_M --no-verify --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  {
+    engine::Model m = engine::Model::load(kModel);
+    plan::TypeMap q3;
+    for (const TensorChoice& c : plan_recipe(kModel, recipe_named("Q3_K_M"), true).tensors)
+      if (c.type != GgmlType::F32) q3[c.name] = c.type;
+    const double planned = nlohmann::json::parse(r.out)["all_weights"]["bytes"].get<double>();
+    EXPECT_LE(planned, double(plan::assignment_bytes(m, q3)));
+    EXPECT_GT(planned, 0.99 * double(plan::assignment_bytes(m, q3)));
+  }
   // Two budgets, and none.
   r = run_cli("plan " + kModel + " --db " + f.db + " --target-bpw 4 --max-kld 0.1");
   EXPECT_NE(r.err.find("exactly one budget"), std::string::npos) << r.err;

@@ -94,7 +94,10 @@ TEST(PlanStrategy, MakeStrategyFillsEveryField) {
     EXPECT_EQ(t.bytes, static_cast<int64_t>(row_size(info->type, p.tensors[i].row_length)) * 64 *
                            (t.name == "output.weight" ? 2 : 1));
     EXPECT_NEAR(t.bpw, 8.0 * t.bytes / p.tensors[i].n_elements, 1e-12);
-    EXPECT_NE(find_type(t.knee), nullptr) << t.knee;
+    // The knee is a type where the curve has one, and empty where it has none.
+    const Knee k = find_knee(p.tensors[i]);
+    EXPECT_EQ(t.knee, k.found ? std::string(type_name(k.type)) : std::string()) << t.name;
+    if (!t.knee.empty()) EXPECT_NE(find_type(t.knee), nullptr) << t.knee;
     EXPECT_FALSE(t.reason.empty());
     EXPECT_EQ(t.pinned, t.name == "output.weight");
     bytes += t.bytes;

@@ -86,7 +86,22 @@ int64_t run_plan(const PlanArgs& a) {
   req.model = a.model;
   req.measurement = store.export_json(job);
   req.target_bpw = a.target_bpw;
-  if (!a.target_size.empty()) req.target_bytes = plan::parse_size(a.target_size);
+  if (!a.target_size.empty()) {
+    // A recipe name means "no larger than llama.cpp's file of that recipe".
+    if (const Recipe* r = find_recipe(a.target_size)) {
+      int64_t bytes = 0;
+      const RecipePlan rp = plan_recipe(a.model, *r, true);
+      const std::vector<TensorDesc> layout = gguf_tensor_layout(a.model);
+      for (size_t i = 0; i < layout.size(); ++i) {
+        int64_t n = 1;
+        for (int64_t x : layout[i].ne) n *= x;
+        bytes += int64_t(row_size(rp.tensors[i].type, layout[i].ne.at(0))) * (n / layout[i].ne.at(0));
+      }
+      req.target_bytes = bytes;
+    } else {
+      req.target_bytes = plan::parse_size(a.target_size);
+    }
+  }
   req.max_kld = a.max_kld;
   req.max_ppl_increase = a.max_ppl;
   req.rules = a.rules;
@@ -155,7 +170,7 @@ int64_t run_plan(const PlanArgs& a) {
 
 void add_budget_options(CLI::App* cmd, PlanArgs& a) {
   cmd->add_option("--target-bpw", a.target_bpw, "Budget: bits per weight over all weights");
-  cmd->add_option("--target-size", a.target_size, "Budget: size of all weights, e.g. 18MB, 1.5GiB");
+  cmd->add_option("--target-size", a.target_size, "Budget: size of all weights, e.g. 18MB, 1.5GiB, or a llama.cpp recipe (Q4_K_M: no larger than its file)");
   cmd->add_option("--max-kld", a.max_kld, "Budget: mean KL divergence to the unquantized model (nats)");
   cmd->add_option("--max-ppl-increase", a.max_ppl, "Budget: perplexity increase in percent");
   cmd->add_option("--rule", a.rules,
