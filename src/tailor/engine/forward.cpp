@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "tailor/engine/model_state.h"
+#include "tailor/quant/activations.h"
 #include "tailor/quant/codec.h"
 #include "tailor/util/error.h"
 
@@ -29,6 +30,15 @@ void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, 
   const Weight& w = *l.w;
   const int64_t in = w.cols(), out = out_features(w);
   const int64_t first_row = expert < 0 ? 0 : expert * out;
+  const float* x_in = x;
+  if (s.emulate_activations) {
+    const GgmlType vt = ggml_vec_dot_type(w.stored_type());
+    if (vt != GgmlType::F32) {
+      float* r = scratch(s.scratch.rounded, rows * in);
+      round_activation_rows(vt, x, r, rows, in, s.threads);
+      x = r;
+    }
+  }
   if (!w.quantized()) {
     s.backend->matmul(x, w.f32.data() + first_row * in, y, rows, in, out);
   } else {
@@ -36,7 +46,7 @@ void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, 
     s.backend->matmul(x, q, y, rows);
   }
   if (l.b != nullptr) s.backend->add_bias(y, l.b->f32.data(), rows, out);
-  if (s.hook) s.hook(LinearCall{*l.name, l.layer, expert, x, y, rows, in, out});
+  if (s.hook) s.hook(LinearCall{*l.name, l.layer, expert, x_in, y, rows, in, out});
 }
 
 // SwiGLU MLP: out[rows, d] = down(silu(gate(x)) * up(x)).
