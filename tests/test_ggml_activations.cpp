@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "tailor/formats/gguf.h"
 #include "tailor/quant/activations.h"
 #include "tailor/quant/codec.h"
+#include "tailor/quant/simd.h"
 #include "tailor/util/error.h"
 #include "tailor/util/fp16.h"
 
@@ -228,13 +230,18 @@ void expect_matches_ggml(const std::string& path, std::vector<GgmlType> want) {
   }
 }
 
+// The mix of types also covers the reuse of one rounding by layers that
+// share an input (q/k/v, gate/up): reused when the types agree, redone when not.
 TEST(GgmlActivations, DenseLayersMatchGgmlBlockDotProducts) {
   const fs::path tmp = test::scratch_dir("tailor_ggml_act");
   const std::string path = convert("llama-tied", tmp,
                                    {{"blk.0.ffn_down.weight", GgmlType::Q4_K},
                                     {"blk.0.ffn_up.weight", GgmlType::Q8_0},
                                     {"blk.0.ffn_gate.weight", GgmlType::Q4_1},
+                                    {"blk.0.attn_k.weight", GgmlType::Q4_K},
+                                    {"blk.0.attn_v.weight", GgmlType::Q8_0},
                                     {"blk.1.attn_v.weight", GgmlType::Q4_K},
+                                    {"blk.1.ffn_gate.weight", GgmlType::F16},
                                     {"blk.1.ffn_up.weight", GgmlType::F16},
                                     {"token_embd.weight", GgmlType::Q8_0}});  // tied: the output too
   expect_matches_ggml(path, {GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::F16});
@@ -246,7 +253,8 @@ TEST(GgmlActivations, ExpertsMatchGgmlBlockDotProducts) {
   const std::string path = convert("mixtral", tmp,
                                    {{"blk.0.ffn_up_exps.weight", GgmlType::Q4_K},
                                     {"blk.1.ffn_down_exps.weight", GgmlType::Q8_0},
-                                    {"blk.1.ffn_gate_exps.weight", GgmlType::Q4_1}});
+                                    {"blk.1.ffn_gate_exps.weight", GgmlType::Q4_1},
+                                    {"blk.1.ffn_up_exps.weight", GgmlType::Q4_1}});
   expect_matches_ggml(path, {GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::Q4_1});
   fs::remove_all(tmp);
 }
@@ -260,6 +268,58 @@ TEST(GgmlActivations, F32GgufIsUnaffected) {
   fs::remove_all(tmp);
   ASSERT_EQ(on.size(), off.size());
   EXPECT_EQ(std::memcmp(on.data(), off.data(), on.size() * sizeof(float)), 0);
+}
+
+// Both kernels (scalar, SIMD) against the test's own reading of ggml's rule
+// (Q8_K with the signed max, Q8_0 / Q8_1 with 127 / amax), bit for bit, on
+// rows with ties, zero blocks, a tied +-max, tiny and large values.
+TEST(GgmlActivations, KernelsFollowGgmlRuleBitForBit) {
+  constexpr int64_t n = 1024;
+  std::vector<float> x(n);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& v : x) v = normal(rng);
+  for (int64_t i = 0; i < 32; ++i) x[i] = 0.0f;          // a zero Q8_0 block
+  for (int64_t i = 256; i < 512; ++i) x[i] *= 1e-30f;    // tiny values
+  x[300] = -2.0f;                                        // first of a tied +-max
+  x[301] = 2.0f;
+  for (int64_t i = 512; i < 768; ++i) x[i] = 0.0f;       // a zero Q8_K block
+  for (int64_t i = 768; i < n; ++i) x[i] = static_cast<float>(i % 9 - 4) * 0.5f + 0.25f;  // ties
+  x[800] = 127.0f * 0.5f;                                // makes the Q8_0 scale exact
+  x[1000] = 3e4f;
+
+  std::vector<float> want_k(n), want_32(n);
+  for (int64_t b = 0; b < n; b += 256) {
+    const ActBlock a = quantize_act_q8k(x.data() + b);
+    for (int i = 0; i < 256; ++i) want_k[b + i] = static_cast<float>(a.d) * static_cast<float>(a.q[i]);
+  }
+  for (int64_t b = 0; b < n; b += 32) {
+    const ActBlock a = quantize_act_32(x.data() + b);
+    for (int i = 0; i < 32; ++i) want_32[b + i] = static_cast<float>(a.d) * static_cast<float>(a.q[i]);
+  }
+  std::vector<float> want_h(n);
+  for (int64_t i = 0; i < n; ++i) want_h[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
+
+  const quant::SimdLevel cpu = quant::cpu_simd_level();
+  for (bool simd : {false, true}) {
+    quant::set_simd_enabled(simd);
+    std::vector<float> y(n);
+    auto same = [&](const std::vector<float>& want) {
+      for (int64_t i = 0; i < n; ++i)
+        if (std::fabs(y[i]) != std::fabs(want[i]) || (y[i] != 0 && y[i] != want[i])) return i;
+      return int64_t{-1};
+    };
+    round_activations(GgmlType::Q8_K, x.data(), y.data(), n);
+    EXPECT_EQ(same(want_k), -1) << "Q8_K simd " << simd;
+    round_activations(GgmlType::Q8_0, x.data(), y.data(), n);
+    EXPECT_EQ(same(want_32), -1) << "Q8_0 simd " << simd;
+    round_activations(GgmlType::Q8_1, x.data(), y.data(), n);
+    EXPECT_EQ(same(want_32), -1) << "Q8_1 simd " << simd;
+    round_activations(GgmlType::F16, x.data(), y.data(), n);
+    EXPECT_EQ(same(want_h), -1) << "F16 simd " << simd;
+  }
+  quant::set_simd_enabled(true);
+  if (cpu == quant::SimdLevel::scalar) GTEST_SKIP() << "no SIMD on this CPU: only the scalar kernels ran";
 }
 
 // The rounding itself on hand-made rows: ties go to even, Q8_K keeps the sign

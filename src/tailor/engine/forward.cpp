@@ -23,9 +23,11 @@ float* scratch(std::vector<float>& buf, int64_t n) {
 }
 
 // y[rows, out] = x[rows, in] W^T (+ bias), with W one expert's slice of a
-// merged tensor when expert >= 0; then the hook sees it.
+// merged tensor when expert >= 0; then the hook sees it. same_input: x is
+// the previous call's input, unchanged since (q/k/v, gate/up), so its
+// rounding to the weight's vec_dot_type can be reused when the types agree.
 void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, float* y,
-                int64_t expert = -1) {
+                int64_t expert = -1, bool same_input = false) {
   if (rows == 0) return;
   const Weight& w = *l.w;
   const int64_t in = w.cols(), out = out_features(w);
@@ -33,10 +35,13 @@ void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, 
   const float* x_in = x;
   if (s.emulate_activations) {
     const GgmlType vt = ggml_vec_dot_type(w.stored_type());
+    if (!same_input) s.rounded_type = GgmlType::F32;  // scratch.rounded holds another input
     if (vt != GgmlType::F32) {
-      float* r = scratch(s.scratch.rounded, rows * in);
-      round_activation_rows(vt, x, r, rows, in, s.threads);
-      x = r;
+      if (s.rounded_type != vt) {
+        round_activation_rows(vt, x, scratch(s.scratch.rounded, rows * in), rows, in, s.threads);
+        s.rounded_type = vt;
+      }
+      x = s.scratch.rounded.data();
     }
   }
   if (!w.quantized()) {
@@ -56,7 +61,7 @@ void run_mlp(Model::State& s, const Linear& gate, const Linear& up, const Linear
   float* g = scratch(s.scratch.gate, rows * ff);
   float* u = scratch(s.scratch.up, rows * ff);
   run_linear(s, gate, x, rows, g, expert);
-  run_linear(s, up, x, rows, u, expert);
+  run_linear(s, up, x, rows, u, expert, true);
   s.backend->swiglu(g, u, g, rows * ff);
   run_linear(s, down, g, rows, out, expert);
 }
@@ -189,8 +194,8 @@ void Model::run_block(int64_t layer, Hidden& h) {
   float* v = scratch(w.v, rows * nkv * hd);
   be.rms_norm(h.data.data(), L.attn_norm->f32.data(), xn, rows, d, eps);
   run_linear(s, L.q, xn, rows, q);
-  run_linear(s, L.k, xn, rows, k);
-  run_linear(s, L.v, xn, rows, v);
+  run_linear(s, L.k, xn, rows, k, -1, true);
+  run_linear(s, L.v, xn, rows, v, -1, true);
   if (L.q_norm != nullptr) {
     be.rms_norm(q, L.q_norm->f32.data(), q, rows * nh, hd, eps);
     be.rms_norm(k, L.k_norm->f32.data(), k, rows * nkv, hd, eps);

@@ -37,6 +37,7 @@ struct Model::State {
   LinearHook hook;
   bool emulate_activations = false;  // LoadOptions::emulate_ggml_activations
   int threads = 0;                   // CpuOptions::threads, for the activation rounding
+  GgmlType rounded_type = GgmlType::F32;  // what scratch.rounded last received
 
   std::vector<Layer> layers;
   Weight* tok_embd = nullptr;
