@@ -38,7 +38,9 @@ void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, 
     if (!same_input) s.rounded_type = GgmlType::F32;  // scratch.rounded holds another input
     if (vt != GgmlType::F32) {
       if (s.rounded_type != vt) {
-        round_activation_rows(vt, x, scratch(s.scratch.rounded, rows * in), rows, in, s.threads);
+        // On the calling thread: about 1% of the GEMM's work, and waking
+        // threads beside the BLAS's spinning ones cost 10-20% of an eval.
+        round_activation_rows(vt, x, scratch(s.scratch.rounded, rows * in), rows, in, 1);
         s.rounded_type = vt;
       }
       x = s.scratch.rounded.data();

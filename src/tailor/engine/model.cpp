@@ -305,7 +305,6 @@ Model Model::load_hf(const std::string& folder, const LoadOptions& options) {
       fail("{}: {} holds {} of {} experts", folder, name, n, c.num_experts);
   s->backend = make_cpu_backend(options.cpu);
   s->emulate_activations = options.emulate_ggml_activations;
-  s->threads = options.cpu.threads;
   s->bind();
   return Model(std::move(s));
 }
@@ -343,7 +342,6 @@ Model Model::load_gguf(const std::string& path, const LoadOptions& options) {
   }
   s->backend = make_cpu_backend(options.cpu);
   s->emulate_activations = options.emulate_ggml_activations;
-  s->threads = options.cpu.threads;
   s->bind();
   return Model(std::move(s));
 }

@@ -36,7 +36,6 @@ struct Model::State {
   std::unique_ptr<Backend> backend;
   LinearHook hook;
   bool emulate_activations = false;  // LoadOptions::emulate_ggml_activations
-  int threads = 0;                   // CpuOptions::threads, for the activation rounding
   GgmlType rounded_type = GgmlType::F32;  // what scratch.rounded last received
 
   std::vector<Layer> layers;
