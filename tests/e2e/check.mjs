@@ -281,7 +281,7 @@ async function perplexity(type) {
   const nVocab = readGgufHeader(out).kv["tokenizer.ggml.tokens"].length;
   const model = await loadModel(out);
   const res = {case: args.case, windows: tailor.windows, scored: tailor.scored, ppl_tailor: tailor.ppl,
-               tailor_seconds: tailorSeconds};
+               tailor_seconds: tailorSeconds, ggml_activations: tailor.ggml_activations};
   try {
     // llama.cpp's own tokenization of the text must give the ids Tailor scored.
     const used = chunks * ctx;
@@ -308,8 +308,10 @@ async function perplexity(type) {
     res.ratio = res.ppl_tailor / res.ppl_llama;
     expect(nll.length === tailor.scored && d.token_nll.length === nll.length,
            `scored ${tailor.scored} (dump ${d.token_nll.length}) tokens, llama.cpp's protocol gives ${nll.length}`);
-    expect(Math.abs(res.ratio - 1) <= 0.005,
-           `PPL tailor ${res.ppl_tailor} vs llama.cpp ${res.ppl_llama}: ratio ${res.ratio} beyond 0.5%`);
+    // Measured: F32 0.99996, Q8_0 0.9993 (0.9987 before tailor eval rounded
+    // the activations as llama.cpp does).
+    expect(Math.abs(res.ratio - 1) <= 0.0025,
+           `PPL tailor ${res.ppl_tailor} vs llama.cpp ${res.ppl_llama}: ratio ${res.ratio} beyond 0.25%`);
     // Per token: the same tokens are easy and hard in both, so a matching
     // average cannot come from compensating errors.
     const diffs = nll.map((v, i) => Math.abs(v - d.token_nll[i]));
@@ -319,7 +321,9 @@ async function perplexity(type) {
     let sab = 0, saa = 0, sbb = 0;
     nll.forEach((a, i) => { const b = d.token_nll[i]; sab += (a - ma) * (b - mb); saa += (a - ma) ** 2; sbb += (b - mb) ** 2; });
     res.nll_correlation = sab / Math.sqrt(saa * sbb);
-    // Measured: F32 0.0004, Q8_0 0.020 (llama.cpp also rounds the activations to 8 bits).
+    // Measured: F32 0.0004, Q8_0 0.022. Both engines round a Q8_0 file's
+    // activations to 8 bits, but not identically (see kld()), so per token
+    // they differ about as much as when Tailor did not round (0.020).
     const bound = {F32: 0.01, Q8_0: 0.04}[type];
     expect(res.mean_abs_dnll <= bound, `per-token NLLs differ by ${res.mean_abs_dnll} on average (> ${bound})`);
     expect(res.nll_correlation >= 0.999, `per-token NLL correlation ${res.nll_correlation} < 0.999`);
@@ -373,7 +377,8 @@ async function kld(recipe) {
   const d = readJson(dump);
   const nVocab = readGgufHeader(refFile).kv["tokenizer.ggml.tokens"].length;
   const mRef = await loadModel(refFile), mQ = await loadModel(qFile);
-  const res = {case: args.case, recipe, bits_per_weight: summary.bits_per_weight, kld_tailor: t.kld.kld.value,
+  const res = {case: args.case, recipe, bits_per_weight: summary.bits_per_weight, ggml_activations: t.ggml_activations,
+               kld_tailor: t.kld.kld.value,
                kld_tailor_error: t.kld.kld.error, count_tailor: t.kld.count};
   try {
     const logSoftmax = (row) => {
@@ -425,18 +430,17 @@ async function kld(recipe) {
     res.same_top_tailor = t.kld.same_top.value;
     res.ratio = res.kld_tailor / res.kld_llama;
     // llama.cpp runs a K-quant file with its activations rounded to 8 bits
-    // (Q8_K dot products); Tailor's engine multiplies in float. That adds its
-    // own divergence on top of the weights' (measured: 0.0013 of 0.0227, so
-    // the raw ratio is 0.94). For small independent errors the divergences
-    // add, so the weights' part is compared at 5% once the engines' own
-    // difference on the same quantized file is added, and the raw ratio at 10%.
-    res.ratio_engine_corrected = (res.kld_tailor + res.kld_tailor_vs_llama_engine) / res.kld_llama;
+    // (Q8_K dot products); `tailor eval` does the same for a GGUF (without
+    // it the raw ratio was 0.94). Per token the two engines still differ
+    // (kld_tailor_vs_llama_engine, about 0.0015, no less than without the
+    // rounding): a rounding is a step function, so the last-bit differences
+    // of two summation orders flip some of them and, layer after layer, the
+    // two roundings decorrelate (Tailor against itself with another GEMM
+    // library: KLD 0.001). Their statistics agree, which the ratio checks.
     expect(res.count_tailor === res.count_llama, `tailor scored ${res.count_tailor} positions, llama.cpp's protocol ${res.count_llama}`);
-    expect(Math.abs(res.ratio_engine_corrected - 1) <= 0.05,
-           `KLD tailor ${res.kld_tailor} + engine difference ${res.kld_tailor_vs_llama_engine} vs llama.cpp ` +
-           `${res.kld_llama}: ratio ${res.ratio_engine_corrected} beyond 5%`);
-    expect(Math.abs(res.ratio - 1) <= 0.10,
-           `KLD tailor ${res.kld_tailor} vs llama.cpp ${res.kld_llama}: ratio ${res.ratio} beyond 10%`);
+    expect(t.ggml_activations === true, "tailor eval did not round the activations as llama.cpp does");
+    expect(Math.abs(res.ratio - 1) <= 0.05,
+           `KLD tailor ${res.kld_tailor} vs llama.cpp ${res.kld_llama}: ratio ${res.ratio} beyond 5%`);
     // On the F32 file the engines agree far more closely than either differs from Q4_K_M.
     expect(res.kld_tailor_vs_llama_engine_f32 < 0.02 * res.kld_llama,
            `Tailor and llama.cpp differ by KLD ${res.kld_tailor_vs_llama_engine_f32} on the F32 file`);

@@ -1,6 +1,7 @@
 // tailor eval <model> --text FILE: perplexity (llama.cpp's method by default),
 // optionally saving the reference logits or comparing against saved ones (KLD).
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -18,7 +19,7 @@ struct EvalArgs {
   std::string model, text, method = "llamacpp", save_logits, logits_format = "topk", kld_base, dump_tokens;
   int64_t ctx = 512, batch = 1, chunks = -1, max_tokens = 0;
   int threads = 0;
-  bool json = false, quiet = false;
+  bool json = false, quiet = false, exact_activations = false;
 };
 
 nlohmann::json estimate(const eval::Estimate& e) { return {{"value", e.value}, {"error", e.error}}; }
@@ -64,6 +65,11 @@ void run(const EvalArgs& a) {
   if (tok->bos_id() >= 0 && tok->add_bos()) o.ppl.bos = tok->bos_id();
   engine::LoadOptions lo;
   lo.cpu.threads = a.threads;
+  // A GGUF is evaluated as llama.cpp runs it: activations rounded to each
+  // weight's vec_dot_type (a no-op for F32 tensors), so the numbers are the
+  // ones llama.cpp users see. Hugging Face folders stay exact.
+  const bool gguf = std::filesystem::path(a.model).extension() == ".gguf";
+  lo.emulate_ggml_activations = gguf && !a.exact_activations;
   engine::Model model = engine::Model::load(a.model, lo);
   if (tok->vocab_size() > model.vocab_size())
     fail("{}: the tokenizer has {} tokens, the model's vocabulary only {}", a.model, tok->vocab_size(),
@@ -89,6 +95,7 @@ void run(const EvalArgs& a) {
     j["text"] = a.text;
     j["method"] = a.method;
     j["ctx"] = a.ctx;
+    j["ggml_activations"] = lo.emulate_ggml_activations;
     j["tokens"] = r.n_tokens;
     j["windows"] = r.n_windows;
     j["scored"] = r.ppl.n_scored;
@@ -136,6 +143,10 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--dump-tokens", a->dump_tokens,
                   "Write the token ids and each scored token's NLL to FILE (JSON)");
   cmd->add_option("-j,--threads", a->threads, "Threads (0 = all cores)")->capture_default_str();
+  cmd->add_flag("--exact-activations", a->exact_activations,
+               "For a GGUF: multiply the dequantized weights by float activations instead of rounding "
+               "each layer's input to the weight type's ggml vec_dot_type (Q8_K, Q8_0, Q8_1, F16, BF16) "
+               "as llama.cpp's CPU backend does (the default for GGUF files)");
   cmd->add_flag("--json", a->json, "Print the results as JSON on stdout");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress line");
   cmd->callback([a] { run(*a); });

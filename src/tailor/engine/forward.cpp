@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "tailor/engine/model_state.h"
+#include "tailor/quant/activations.h"
 #include "tailor/quant/codec.h"
 #include "tailor/util/error.h"
 
@@ -22,13 +23,29 @@ float* scratch(std::vector<float>& buf, int64_t n) {
 }
 
 // y[rows, out] = x[rows, in] W^T (+ bias), with W one expert's slice of a
-// merged tensor when expert >= 0; then the hook sees it.
+// merged tensor when expert >= 0; then the hook sees it. same_input: x is
+// the previous call's input, unchanged since (q/k/v, gate/up), so its
+// rounding to the weight's vec_dot_type can be reused when the types agree.
 void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, float* y,
-                int64_t expert = -1) {
+                int64_t expert = -1, bool same_input = false) {
   if (rows == 0) return;
   const Weight& w = *l.w;
   const int64_t in = w.cols(), out = out_features(w);
   const int64_t first_row = expert < 0 ? 0 : expert * out;
+  const float* x_in = x;
+  if (s.emulate_activations) {
+    const GgmlType vt = ggml_vec_dot_type(w.stored_type());
+    if (!same_input) s.rounded_type = GgmlType::F32;  // scratch.rounded holds another input
+    if (vt != GgmlType::F32) {
+      if (s.rounded_type != vt) {
+        // On the calling thread: about 1% of the GEMM's work, and waking
+        // threads beside the BLAS's spinning ones cost 10-20% of an eval.
+        round_activation_rows(vt, x, scratch(s.scratch.rounded, rows * in), rows, in, 1);
+        s.rounded_type = vt;
+      }
+      x = s.scratch.rounded.data();
+    }
+  }
   if (!w.quantized()) {
     s.backend->matmul(x, w.f32.data() + first_row * in, y, rows, in, out);
   } else {
@@ -36,7 +53,7 @@ void run_linear(Model::State& s, const Linear& l, const float* x, int64_t rows, 
     s.backend->matmul(x, q, y, rows);
   }
   if (l.b != nullptr) s.backend->add_bias(y, l.b->f32.data(), rows, out);
-  if (s.hook) s.hook(LinearCall{*l.name, l.layer, expert, x, y, rows, in, out});
+  if (s.hook) s.hook(LinearCall{*l.name, l.layer, expert, x_in, y, rows, in, out});
 }
 
 // SwiGLU MLP: out[rows, d] = down(silu(gate(x)) * up(x)).
@@ -46,7 +63,7 @@ void run_mlp(Model::State& s, const Linear& gate, const Linear& up, const Linear
   float* g = scratch(s.scratch.gate, rows * ff);
   float* u = scratch(s.scratch.up, rows * ff);
   run_linear(s, gate, x, rows, g, expert);
-  run_linear(s, up, x, rows, u, expert);
+  run_linear(s, up, x, rows, u, expert, true);
   s.backend->swiglu(g, u, g, rows * ff);
   run_linear(s, down, g, rows, out, expert);
 }
@@ -179,8 +196,8 @@ void Model::run_block(int64_t layer, Hidden& h) {
   float* v = scratch(w.v, rows * nkv * hd);
   be.rms_norm(h.data.data(), L.attn_norm->f32.data(), xn, rows, d, eps);
   run_linear(s, L.q, xn, rows, q);
-  run_linear(s, L.k, xn, rows, k);
-  run_linear(s, L.v, xn, rows, v);
+  run_linear(s, L.k, xn, rows, k, -1, true);
+  run_linear(s, L.v, xn, rows, v, -1, true);
   if (L.q_norm != nullptr) {
     be.rms_norm(q, L.q_norm->f32.data(), q, rows * nh, hd, eps);
     be.rms_norm(k, L.k_norm->f32.data(), k, rows * nkv, hd, eps);

@@ -228,6 +228,7 @@ Weight gguf_weight(const GgufFile& g, const GgufTensorInfo& t, bool dequantize) 
   if (dequantize || w.shape.size() == 1) {
     w.f32.resize(static_cast<size_t>(t.numel()));
     dequantize_rows(t.type, t.data, w.f32.data(), rows, cols);
+    w.source = t.type;
   } else {
     w.type = t.type;
     w.blocks.assign(t.data, t.data + t.nbytes);
@@ -303,6 +304,7 @@ Model Model::load_hf(const std::string& folder, const LoadOptions& options) {
     if (n != c.num_experts)
       fail("{}: {} holds {} of {} experts", folder, name, n, c.num_experts);
   s->backend = make_cpu_backend(options.cpu);
+  s->emulate_activations = options.emulate_ggml_activations;
   s->bind();
   return Model(std::move(s));
 }
@@ -339,6 +341,7 @@ Model Model::load_gguf(const std::string& path, const LoadOptions& options) {
     s->weights.emplace(t.name, std::move(w));
   }
   s->backend = make_cpu_backend(options.cpu);
+  s->emulate_activations = options.emulate_ggml_activations;
   s->bind();
   return Model(std::move(s));
 }

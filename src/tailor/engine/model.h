@@ -31,11 +31,17 @@ struct Weight {
   GgmlType type = GgmlType::F32;  // F32: values in f32; else GGML blocks in `blocks`
   std::vector<float> f32;
   std::vector<uint8_t> blocks;    // rows of row_size(type, cols()) bytes
+  // The GGUF type the f32 values were decoded from at load (F32 for F32
+  // tensors and Hugging Face folders), so the forward pass can treat them as
+  // llama.cpp treats that type (LoadOptions::emulate_ggml_activations).
+  GgmlType source = GgmlType::F32;
 
   int64_t numel() const;
   int64_t cols() const { return shape.empty() ? 0 : shape.back(); }
   int64_t rows() const { return cols() == 0 ? 0 : numel() / cols(); }
   bool quantized() const { return type != GgmlType::F32; }
+  // The type the values are stored in by their file: `type` for blocks, else `source`.
+  GgmlType stored_type() const { return quantized() ? type : source; }
 };
 
 struct LoadOptions {
@@ -48,6 +54,12 @@ struct LoadOptions {
   // the inv_freq buffer). The trained fixtures' references were made that
   // way; the exact frequencies are the default, as llama.cpp computes them.
   bool bf16_rope_freqs = false;
+  // Round the input rows of every linear layer whose weight a GGUF stores in
+  // a quantized or F16/BF16 type through that type's ggml vec_dot_type (Q8_K,
+  // Q8_0, Q8_1, F16, BF16) before the product, as llama.cpp's CPU backend
+  // does, so logits match what llama.cpp computes from the same file. The
+  // hook still sees the unrounded input; token embeddings are not affected.
+  bool emulate_ggml_activations = false;
   CpuOptions cpu;
 };
 

@@ -35,6 +35,8 @@ struct Model::State {
   std::vector<double> inv_freq;           // rope frequencies after any scaling
   std::unique_ptr<Backend> backend;
   LinearHook hook;
+  bool emulate_activations = false;  // LoadOptions::emulate_ggml_activations
+  GgmlType rounded_type = GgmlType::F32;  // what scratch.rounded last received
 
   std::vector<Layer> layers;
   Weight* tok_embd = nullptr;
@@ -48,7 +50,7 @@ struct Model::State {
   // Activation buffers reused by every block and forward: allocating them
   // per layer cost page faults and zeroing comparable to the elementwise ops.
   struct Scratch {
-    std::vector<float> xn, tmp, q, k, v, att, gate, up;
+    std::vector<float> xn, tmp, q, k, v, att, gate, up, rounded;
   } scratch;
 
   // Resolves names into layers and checks every shape against cfg, so the
