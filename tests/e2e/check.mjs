@@ -6,7 +6,8 @@
 // llama.cpp's log-probabilities on the same windows), llama30m-q4_k_m
 // (`tailor quantize` with llama.cpp's Q4_K_M recipe), kld-q4_k_m (tailor
 // eval's KL divergence of that file from the F32 one against llama.cpp's
-// logits). Prints one JSON line of figures; exits 1 on failure.
+// logits), kld-strategy (the same for a mixed file from measure + plan +
+// quantize --target-bpw). Prints one JSON line of figures; exits 1 on failure.
 import {execFileSync} from "node:child_process";
 import {mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from "node:fs";
 import {join} from "node:path";
@@ -34,6 +35,20 @@ function quantize(folder, recipe, out) {
   const json = execFileSync(args.tailor, ["quantize", folder, "-o", out, "--type", recipe, "--json"],
                             {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 1 << 26});
   return JSON.parse(json);
+}
+
+// A mixed-type file the way users make one: a proxy-level measurement, a plan
+// at `bpw` bits per weight and `tailor quantize` with the planned types (and
+// the measurement's importance matrix, which the i-quants need).
+function planned(folder, bpw, out) {
+  const db = join(args.work, "plan-jobs.db");
+  rmSync(db, {force: true});
+  const run = (a) => execFileSync(args.tailor, a, {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 1 << 26});
+  run(["measure", folder, "--text", join(args.shared, "text", "calibration.txt"), "--level", "proxy", "--types",
+       "Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K,IQ3_S,IQ3_XXS,Q2_K,IQ2_S", "--ctx", "256", "--calib-chunks", "8", "--db", db, "-q"]);
+  const summary = JSON.parse(run(["quantize", folder, "-o", out, "--target-bpw", String(bpw), "--db", db, "--json"]));
+  rmSync(db, {force: true});
+  return summary;
 }
 
 const readJson = (p) => JSON.parse(readFileSync(p, "utf8"));
@@ -359,14 +374,14 @@ function readLlamaLogits(path) {
 // Mean KL(F32 || quantized) over llama-perplexity's scored positions (rows
 // ctx/2 .. ctx-2 of each window), once from llama.cpp's logits of the two
 // files and once from `tailor eval --save-logits` / `--kld-base`.
-async function kld(recipe) {
+async function kld(recipe, bpw = 0) {
   const chunks = 8, ctx = 512;
   const dir = join(models, "llama-30m");
   const refFile = join(args.work, "kld-F32.gguf"), qFile = join(args.work, `kld-${recipe}.gguf`);
   const base = join(args.work, "kld-base.bin"), dump = join(args.work, "kld-tokens.json");
   const text = join(args.shared, "text", "eval.txt");
   convert(dir, "F32", refFile);
-  const summary = quantize(dir, recipe, qFile);
+  const summary = bpw > 0 ? planned(dir, bpw, qFile) : quantize(dir, recipe, qFile);
   const evalArgs = ["--text", text, "--ctx", String(ctx), "--chunks", String(chunks), "--json"];
   const tailorEval = (a) => JSON.parse(execFileSync(args.tailor, ["eval", ...a],
                                                     {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"]}));
@@ -448,7 +463,8 @@ async function kld(recipe) {
   } finally {
     await mRef.dispose();
     await mQ.dispose();
-    for (const f of [refFile, qFile, base, dump, qLogits]) rmSync(f, {force: true});
+    for (const f of [refFile, qFile, base, dump, qLogits, qFile + ".strategy.yaml", qFile + ".imatrix.gguf"])
+      rmSync(f, {force: true});
   }
   return res;
 }
@@ -460,6 +476,7 @@ try {
   else if (args.case === "llama30m-q4_k") result = await trained("llama-30m", "Q4_K");
   else if (args.case === "llama30m-q4_k_m") result = await trained("llama-30m", "Q4_K_M", "Q4_K_M");
   else if (args.case === "kld-q4_k_m") result = await kld("Q4_K_M");
+  else if (args.case === "kld-strategy") result = await kld("strategy", 3.5);
   else if (args.case === "moe26m-q8_0") result = await trained("moe-26m", "Q8_0");
   else if (args.case === "ppl-f32") result = await perplexity("F32");
   else if (args.case === "ppl-q8_0") result = await perplexity("Q8_0");
