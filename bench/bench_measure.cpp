@@ -124,8 +124,10 @@ void BM_MeasureLevels(benchmark::State& state) {
       const measure::RunResult r = measure::run_measure(store, kModel, s);
       secs[measure::level_name(lv)] = r.seconds;
       units = r.units_run;
-      if (lv == measure::Level::Full)
-        for (const auto& u : store.export_json(r.job_id)["units"]) e2e_tokens_full += u["metrics"].value("tokens", int64_t(0));
+      if (lv == measure::Level::Full) {
+        const nlohmann::json all = store.export_json(r.job_id);  // named: the loop must not outlive it
+        for (const auto& u : all["units"]) e2e_tokens_full += u["metrics"].value("tokens", int64_t(0));
+      }
     }
     // Naive: one unit per type, spread over the depth.
     engine::Model model = engine::Model::load(kModel);
