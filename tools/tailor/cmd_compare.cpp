@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "tailor/plan/compare.h"
 #include "tailor/report/chart.h"
 #include "tailor/util/error.h"
@@ -69,7 +70,10 @@ void register_compare(CLI::App& app) {
   cmd->add_option("-j,--threads", a->req.threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print the results as JSON on stdout");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress lines on stderr");
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a] {
+    a->req.model = hub::resolve_model_path(a->req.model);  // ORG/NAME: pulled into the Hub cache
+    run(*a);
+  });
 }
 
 }  // namespace tailor::cli

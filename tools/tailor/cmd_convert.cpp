@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "tailor/convert/convert.h"
 #include "tailor/eval/imatrix.h"
 #include "tailor/util/error.h"
@@ -91,7 +92,10 @@ void register_convert(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "Print a JSON summary on stdout");
   cmd->add_flag("-q,--quiet", args->quiet, "No progress or summary");
-  cmd->callback([args] { run_convert(*args); });
+  cmd->callback([args] {
+    args->input = hub::resolve_model_path(args->input);  // ORG/NAME: pulled into the Hub cache
+    run_convert(*args);
+  });
 }
 
 }  // namespace tailor::cli

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "tailor/eval/logit_store.h"
 #include "tailor/eval/run_eval.h"
 #include "tailor/util/error.h"
@@ -149,7 +150,10 @@ void register_eval(CLI::App& app) {
                "as llama.cpp's CPU backend does (the default for GGUF files)");
   cmd->add_flag("--json", a->json, "Print the results as JSON on stdout");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress line");
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a] {
+    a->model = hub::resolve_model_path(a->model);  // ORG/NAME: pulled into the Hub cache
+    run(*a);
+  });
 }
 
 }  // namespace tailor::cli

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "tailor/eval/generate.h"
 #include "tailor/eval/run_eval.h"
 #include "tailor/util/error.h"
@@ -86,7 +87,10 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--ignore-eos", a->no_stop, "Do not stop at the end-of-sequence token");
   cmd->add_option("-j,--threads", a->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print prompt ids, new ids and text as JSON");
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a] {
+    a->model = hub::resolve_model_path(a->model);  // ORG/NAME: pulled into the Hub cache
+    run(*a);
+  });
 }
 
 }  // namespace tailor::cli

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "tailor/eval/run_eval.h"
 #include "tailor/util/error.h"
 #include "tailor/util/progress.h"
@@ -83,7 +84,10 @@ void register_imatrix(CLI::App& app) {
   cmd->add_option("-j,--threads", a->threads, "Threads (0 = all cores)")->capture_default_str();
   cmd->add_flag("--json", a->json, "Print a JSON summary on stdout");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress or summary");
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a] {
+    a->model = hub::resolve_model_path(a->model);  // ORG/NAME: pulled into the Hub cache
+    run(*a);
+  });
 }
 
 }  // namespace tailor::cli

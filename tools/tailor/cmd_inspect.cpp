@@ -3,6 +3,7 @@
 #include <string>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "tailor/model/inspect.h"
 
 namespace tailor::cli {
@@ -21,6 +22,7 @@ void register_inspect(CLI::App& app) {
   cmd->add_option("--max-array-items", opt->max_items,
                   "GGUF metadata arrays longer than this are abbreviated")->capture_default_str();
   cmd->callback([opt] {
+    opt->model = hub::resolve_model_path(opt->model);  // ORG/NAME: pulled into the Hub cache
     nlohmann::json report = inspect_model(opt->model, opt->max_items);
     std::string text = opt->json
                            ? report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "tailor/measure/measure.h"
 #include "tailor/util/error.h"
 #include "tailor/util/progress.h"
@@ -157,7 +158,10 @@ void register_measure(CLI::App& app) {
   cmd->add_option("--db", a->db, "Job database (default: $TAILOR_DB, else $XDG_DATA_HOME/tailor/jobs.db)");
   cmd->add_flag("--json", a->json, "Print the outcome and the per-tensor table as JSON");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress or table");
-  cmd->callback([a] { run(*a); });
+  cmd->callback([a] {
+    a->model = hub::resolve_model_path(a->model);  // ORG/NAME: pulled into the Hub cache
+    run(*a);
+  });
 }
 
 }  // namespace tailor::cli

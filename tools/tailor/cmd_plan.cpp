@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "plan_args.h"
 #include "tailor/engine/model.h"
 #include "tailor/eval/run_eval.h"
@@ -202,7 +203,10 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--check", a->check, "Validate this (edited) strategy file against the model and exit");
   cmd->add_flag("--json", a->json, "Print the strategy and verification as JSON");
   cmd->add_flag("-q,--quiet", a->quiet, "No summary");
-  cmd->callback([a] { run_plan(*a); });
+  cmd->callback([a] {
+    a->model = hub::resolve_model_path(a->model);  // ORG/NAME: pulled into the Hub cache
+    run_plan(*a);
+  });
 }
 
 }  // namespace tailor::cli

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "tailor/hub/hub.h"
 #include "plan_args.h"
 #include "tailor/engine/model.h"
 #include "tailor/eval/imatrix.h"
@@ -208,6 +209,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("-q,--quiet", args->quiet, "No progress or summary");
   cmd->callback([args] {
     if (!args->dry_run && args->output.empty()) fail("quantize: --output FILE is required");
+    args->input = hub::resolve_model_path(args->input);  // ORG/NAME: pulled into the Hub cache
     run_quantize(*args);
   });
 }
