@@ -65,6 +65,7 @@ class MockHub {
  public:
   // Faults, set before a pull.
   std::string gated_repo;                 // answers 401 whatever the token
+  std::string gated_files_repo;           // lists its files (as the Hub does) but answers 403 to downloads
   std::string drop_file;                  // closes the connection after drop_after bytes ...
   int64_t drop_after = 0;
   std::atomic<int> drop_times{0};         // ... this many times
@@ -152,6 +153,11 @@ class MockHub {
 
   void resolve(const httplib::Request& req, httplib::Response& res) {
     const std::string name = req.matches[4].str();
+    if (req.matches[1].str() + "/" + req.matches[2].str() == gated_files_repo) {
+      res.status = 403;
+      res.set_content("Access to this resource is restricted", "text/plain");
+      return;
+    }
     auto it = fixture_files().find(name);
     if (it == fixture_files().end() || req.matches[3].str() != kCommit) {
       res.status = 404;
@@ -308,6 +314,23 @@ TEST_F(HubTest, GatedRepoSaysAcceptLicenceAndNeverPrintsTheToken) {
   std::lock_guard<std::mutex> lock(hub_.mu);
   ASSERT_FALSE(hub_.auth_headers.empty());
   EXPECT_EQ(hub_.auth_headers.back(), "Bearer " + token);
+}
+
+TEST_F(HubTest, GatedFilesSayAcceptLicence) {
+  // A gated repo's file list is public; its files answer 403 until the licence is accepted.
+  hub_.gated_files_repo = "org/licensed";
+  ::setenv("HF_TOKEN", "hf_EnvTokenNeverShown", 1);
+  const auto r = tailor::test::run_cli("pull org/licensed --endpoint " + hub_.endpoint() + " --cache " + cache_);
+  ::unsetenv("HF_TOKEN");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("org/licensed: gated or private: accept the licence"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("hf_EnvTokenNeverShown"), std::string::npos);
+  EXPECT_EQ(r.out.find("hf_EnvTokenNeverShown"), std::string::npos);
+  EXPECT_EQ(hub_.served.load(), 0);
+  EXPECT_FALSE(fs::exists(cache_ + "/models--org--licensed/snapshots/" + kCommit + "/config.json"));
+  std::lock_guard<std::mutex> lock(hub_.mu);
+  ASSERT_FALSE(hub_.auth_headers.empty());
+  EXPECT_EQ(hub_.auth_headers.back(), "Bearer hf_EnvTokenNeverShown");
 }
 
 TEST_F(HubTest, TokenComesFromEnvironmentThenTokenFile) {

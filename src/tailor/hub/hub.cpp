@@ -5,6 +5,7 @@
 #include "tailor/hub/hub.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -183,6 +184,7 @@ RepoInfo fetch_repo_info(const RepoSpec& spec, const std::string& endpoint, cons
 struct Shared {
   const RepoSpec* spec;
   std::string endpoint, token, commit;
+  fs::path locks;
   int max_attempts;
   std::atomic<int64_t> done{0};
   std::atomic<int64_t> downloaded{0};
@@ -241,8 +243,35 @@ std::string file_hash(const RemoteFile& f, const std::string& path) {
   return f.lfs ? sha256_file_hex(path) : git_blob_sha1_file_hex(path);
 }
 
+// An exclusive flock on <cache>/.locks/models--ORG--NAME/<hash>.lock, the
+// lock file huggingface_hub's own downloads take (filelock uses flock too),
+// so two pulls of one blob, ours or Python's, never write one .incomplete.
+class BlobLock {
+ public:
+  explicit BlobLock(const fs::path& path) {
+    fs::create_directories(path.parent_path());
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("{}: cannot open the lock file", path.string());
+    if (::flock(fd_, LOCK_EX) != 0) {
+      ::close(fd_);
+      fail("{}: cannot lock", path.string());
+    }
+  }
+  ~BlobLock() { ::close(fd_); }  // closing releases the lock
+  BlobLock(const BlobLock&) = delete;
+  BlobLock& operator=(const BlobLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // Fetches one file into `blob`, resuming from blob.incomplete.
 void fetch_blob(Shared& sh, const RemoteFile& f, const fs::path& blob) {
+  BlobLock lock(sh.locks / (f.hash + ".lock"));
+  if (file_size_or_zero(blob) == f.size && fs::exists(blob)) {  // another process fetched it meanwhile
+    sh.done += f.size - std::min(file_size_or_zero(blob.string() + ".incomplete"), f.size);
+    return;
+  }
   const std::string part = blob.string() + ".incomplete";
   const std::string url =
       fmt::format("{}/{}/resolve/{}/{}", sh.endpoint, sh.spec->repo, sh.commit, encode_file_path(f.name));
@@ -514,6 +543,7 @@ PullResult pull(const RepoSpec& spec, const PullOptions& opt) {
   sh.token = token;
   sh.commit = info.commit;
   sh.max_attempts = std::max(1, opt.max_attempts);
+  sh.locks = cache / ".locks" / repo_dir.filename();
 
   // Present already (in the snapshot, or as a blob another revision shares): link only.
   std::vector<size_t> todo;
