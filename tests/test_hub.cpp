@@ -4,6 +4,7 @@
 // missing repos, and hostile or malformed file lists.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -97,6 +98,11 @@ class MockHub {
     thread_.join();
   }
   std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  int64_t served_of(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = served_per_file.find(name);
+    return it == served_per_file.end() ? 0 : it->second;
+  }
   void reset_counts() {
     std::lock_guard<std::mutex> lock(mu);
     served = 0;
@@ -269,7 +275,7 @@ TEST_F(HubTest, DroppedConnectionResumesWithRange) {
   ASSERT_EQ(hub_.ranges.size(), 1u);
   EXPECT_EQ(hub_.ranges[0], file + " bytes=" + std::to_string(5 << 20) + "-");
   // Resumed, not fetched again from the start.
-  EXPECT_EQ(hub_.served_per_file[file], int64_t(fixture_files().at(file).data->size()));
+  EXPECT_EQ(hub_.served_of(file), int64_t(fixture_files().at(file).data->size()));
   EXPECT_EQ(hub_.served.load(), needed_bytes());
 }
 
@@ -280,7 +286,7 @@ TEST_F(HubTest, WrongHashIsFetchedAgainThenRefused) {
   hub_.corrupt_times = 1;
   const hub::PullResult r = hub::pull(hub::parse_repo_spec("org/llama-30m"), options());
   expect_snapshot_complete(r.snapshot);
-  EXPECT_EQ(hub_.served_per_file[file], 2 * size);
+  EXPECT_EQ(hub_.served_of(file), 2 * size);
 
   // A small (git sha1) file that stays wrong: an error, and no blob under its name.
   const std::string cache2 = cache_ + "_2";
@@ -396,6 +402,38 @@ TEST_F(HubTest, KilledPullResumesFetchingOnlyWhatIsMissing) {
   EXPECT_EQ(hub_.served.load(), needed_bytes() - on_disk);
   EXPECT_EQ(r.bytes_downloaded, needed_bytes() - on_disk);
   EXPECT_FALSE(hub_.ranges.empty());
+}
+
+TEST_F(HubTest, WaitsForAnotherDownloadersBlobLock) {
+  // Another process (huggingface_hub, say) holds the lock of config.json's blob
+  // and finishes it: the pull waits, then uses that blob without fetching it.
+  const Blob& cfg = fixture_files().at("config.json");
+  const std::string lock_path = cache_ + "/.locks/models--org--llama-30m/" + cfg.hash + ".lock";
+  fs::create_directories(fs::path(lock_path).parent_path());
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+  std::exception_ptr error;
+  std::thread t([&] {
+    try {
+      hub::pull(hub::parse_repo_spec("org/llama-30m"), options());
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (hub_.served < needed_bytes() - int64_t(cfg.data->size()) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(hub_.served_of("config.json"), 0);
+  fs::create_directories(repo_dir() + "/blobs");
+  { std::ofstream(repo_dir() + "/blobs/" + cfg.hash, std::ios::binary) << *cfg.data; }
+  ::close(fd);
+  t.join();
+  ASSERT_FALSE(error);
+  expect_snapshot_complete(repo_dir() + "/snapshots/" + kCommit);
+  EXPECT_EQ(hub_.served_of("config.json"), 0);
+  EXPECT_EQ(hub_.served.load(), needed_bytes() - int64_t(cfg.data->size()));
 }
 
 TEST_F(HubTest, HostileFileNamesAreRefused) {
