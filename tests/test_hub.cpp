@@ -126,9 +126,16 @@ class MockHub {
       res.set_content(R"({"error":"Access to model )" + repo + R"( is restricted."})", "application/json");
       return;
     }
+    if (repo == "org/absent") {  // what huggingface.co answers for a repo that is not there
+      res.status = 401;
+      res.set_header("X-Error-Code", "RepoNotFound");
+      res.set_content(R"({"error":"Repository not found"})", "application/json");
+      return;
+    }
     const std::string rev = req.matches[3].str();
     if (rev != "main" && rev != kCommit) {
       res.status = 404;
+      res.set_header("X-Error-Code", "RevisionNotFound");
       res.set_content(R"({"error":"Invalid rev id: )" + rev + R"("})", "application/json");
       return;
     }
@@ -360,6 +367,12 @@ TEST_F(HubTest, MissingRevisionIs404Error) {
     EXPECT_NE(std::string(e.what()).find("not found"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(repo_dir() + "/refs/no-such-branch"));
+  try {
+    hub::pull(hub::parse_repo_spec("org/absent"), options());
+    FAIL() << "a missing repo was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("org/absent: repository not found"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(HubTest, KilledPullResumesFetchingOnlyWhatIsMissing) {

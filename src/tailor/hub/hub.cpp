@@ -163,6 +163,22 @@ struct Unreachable : Error {
   using Error::Error;
 };
 
+// The Hub names the cause of a 401/404 in X-Error-Code (RepoNotFound,
+// RevisionNotFound, GatedRepo); only the final response's header counts.
+size_t keep_error_code(char* p, size_t size, size_t n, void* user) {
+  auto* code = static_cast<std::string*>(user);
+  const std::string line(p, size * n);
+  static const std::string key = "x-error-code:";
+  if (line.starts_with("HTTP/")) code->clear();
+  if (line.size() > key.size() &&
+      std::equal(key.begin(), key.end(), line.begin(), [](char a, char b) { return a == std::tolower(b); })) {
+    *code = line.substr(key.size());
+    while (!code->empty() && std::isspace(static_cast<unsigned char>(code->back()))) code->pop_back();
+    while (!code->empty() && std::isspace(static_cast<unsigned char>(code->front()))) code->erase(code->begin());
+  }
+  return size * n;
+}
+
 RepoInfo fetch_repo_info(const RepoSpec& spec, const std::string& endpoint, const std::string& token) {
   const std::string url = fmt::format("{}/api/models/{}/revision/{}?blobs=true", endpoint, spec.repo,
                                       encode_path_part(spec.revision));
@@ -170,9 +186,18 @@ RepoInfo fetch_repo_info(const RepoSpec& spec, const std::string& endpoint, cons
   std::string body;
   curl_easy_setopt(req.h, CURLOPT_WRITEFUNCTION, append_to_string);
   curl_easy_setopt(req.h, CURLOPT_WRITEDATA, &body);
+  std::string error_code;
+  curl_easy_setopt(req.h, CURLOPT_HEADERFUNCTION, keep_error_code);
+  curl_easy_setopt(req.h, CURLOPT_HEADERDATA, &error_code);
   const CURLcode rc = curl_easy_perform(req.h);
   if (rc != CURLE_OK) throw Unreachable(fmt::format("{}: cannot reach {}: {}", spec.repo, endpoint, req.error(rc)));
   const long code = req.status();
+  // The Hub answers 401 for a repo that does not exist as for a private one.
+  if (error_code == "RepoNotFound")
+    fail("{}: repository not found on {} (HTTP {}; a private one needs --token or HF_TOKEN)", spec.repo, endpoint,
+         code);
+  if (error_code == "RevisionNotFound")
+    fail("{}: revision '{}' not found on {} (HTTP {})", spec.repo, spec.revision, endpoint, code);
   if (code == 401 || code == 403) fail("{}", gated_message(spec.repo));
   if (code == 404)
     fail("{}: repository or revision '{}' not found on {} (404; a private repo also needs --token)", spec.repo,
