@@ -503,6 +503,13 @@ TEST_F(HubTest, ModelArgumentResolvesThroughTheCache) {
   const auto r = tailor::test::run_cli("inspect org/llama-30m --json");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("\"llama\""), std::string::npos);
+  // convert takes it too, and names the GGUF after the repo, not the snapshot's commit.
+  const std::string gguf = cache_ + "/out.gguf";
+  const auto c = tailor::test::run_cli("convert org/llama-30m -o " + gguf + " --type F16");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  const auto i = tailor::test::run_cli("inspect " + gguf + " --json");
+  EXPECT_NE(i.out.find("\"llama-30m\""), std::string::npos);
+  EXPECT_EQ(i.out.find(kCommit), std::string::npos);
   EXPECT_EQ(hub_.served.load(), 0);
   ::unsetenv("HF_ENDPOINT");
   ::unsetenv("HF_HUB_CACHE");

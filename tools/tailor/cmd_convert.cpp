@@ -93,7 +93,10 @@ void register_convert(CLI::App& app) {
   cmd->add_flag("--json", args->json, "Print a JSON summary on stdout");
   cmd->add_flag("-q,--quiet", args->quiet, "No progress or summary");
   cmd->callback([args] {
-    args->input = hub::resolve_model_path(args->input);  // ORG/NAME: pulled into the Hub cache
+    // ORG/NAME: pulled into the Hub cache; general.name is then NAME, not the snapshot's commit.
+    const std::string given = args->input;
+    args->input = hub::resolve_model_path(given);
+    if (args->name.empty() && args->input != given) args->name = hub::parse_repo_spec(given).name();
     run_convert(*args);
   });
 }

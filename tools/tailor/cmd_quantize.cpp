@@ -209,7 +209,10 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("-q,--quiet", args->quiet, "No progress or summary");
   cmd->callback([args] {
     if (!args->dry_run && args->output.empty()) fail("quantize: --output FILE is required");
-    args->input = hub::resolve_model_path(args->input);  // ORG/NAME: pulled into the Hub cache
+    // ORG/NAME: pulled into the Hub cache; general.name is then NAME, not the snapshot's commit.
+    const std::string given = args->input;
+    args->input = hub::resolve_model_path(given);
+    if (args->name.empty() && args->input != given) args->name = hub::parse_repo_spec(given).name();
     run_quantize(*args);
   });
 }

@@ -16,6 +16,7 @@ namespace tailor::hub {
 struct RepoSpec {
   std::string repo;                // "ORG/NAME"
   std::string revision = "main";   // branch, tag or commit
+  std::string name() const { return repo.substr(repo.find('/') + 1); }  // "NAME"
 };
 
 // "ORG/NAME[@REVISION]"; fails on anything else (empty parts, "..", odd characters).
