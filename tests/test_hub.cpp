@@ -75,6 +75,7 @@ class MockHub {
   std::atomic<int> slow_us{0};            // sleep per 64 KiB chunk
   std::string info_override;              // the file-list body instead of the real one
   std::vector<std::string> extra_names;   // more siblings (hostile names)
+  std::map<std::string, Blob> extra_files;  // more files, listed and served
 
   std::atomic<int64_t> served{0};
   std::mutex mu;
@@ -149,7 +150,9 @@ class MockHub {
     sib.push_back({{"rfilename", ".gitattributes"}, {"blobId", "a6344aac8c09253b3b630fb776ae94478aa0275b"}, {"size", 1519}});
     sib.push_back({{"rfilename", "README.md"}, {"blobId", "7be5fc7f47d5db027d120b8024982df93db95b74"}, {"size", 31}});
     sib.push_back({{"rfilename", "reference.json"}, {"blobId", "0123456789abcdef0123456789abcdef01234567"}, {"size", 669035}});
-    for (const auto& [name, b] : fixture_files()) {
+    std::map<std::string, Blob> files = fixture_files();
+    files.insert(extra_files.begin(), extra_files.end());
+    for (const auto& [name, b] : files) {
       nlohmann::json s{{"rfilename", name}, {"size", b.data->size()}};
       if (is_lfs(name)) {
         s["blobId"] = "1111111111111111111111111111111111111111";  // the pointer file's git sha
@@ -172,7 +175,8 @@ class MockHub {
       return;
     }
     auto it = fixture_files().find(name);
-    if (it == fixture_files().end() || req.matches[3].str() != kCommit) {
+    if (it == fixture_files().end()) it = extra_files.find(name);
+    if (it == extra_files.end() || req.matches[3].str() != kCommit) {
       res.status = 404;
       res.set_content("Entry not found", "text/plain");
       return;
@@ -270,6 +274,23 @@ TEST_F(HubTest, PullWritesHuggingFaceCacheLayoutAndSecondPullFetchesNothing) {
   hub::pull(hub::parse_repo_spec("org/llama-30m"), options());
   EXPECT_EQ(hub_.served.load(), 0);
   EXPECT_TRUE(slurp(cfg) == *fixture_files().at("config.json").data);
+}
+
+TEST_F(HubTest, EmptyFileAndSubfolderWeights) {
+  // An empty needed file has nothing to fetch but is still verified and linked;
+  // weights in a subfolder (another format's copy) are not needed.
+  const std::string empty_path = tailor::test::temp_dir() + "/empty";
+  { std::ofstream(empty_path, std::ios::binary); }
+  hub_.extra_files["special_tokens_map.json"] = {std::make_shared<const std::string>(),
+                                                 hub::git_blob_sha1_file_hex(empty_path)};
+  hub_.extra_files["original/model.safetensors"] = fixture_files().at("model-00005-of-00005.safetensors");
+  const hub::PullResult r = hub::pull(hub::parse_repo_spec("org/llama-30m"), options());
+  expect_snapshot_complete(r.snapshot);
+  EXPECT_EQ(hub_.extra_files["special_tokens_map.json"].hash, "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+  EXPECT_TRUE(fs::is_symlink(r.snapshot + "/special_tokens_map.json"));
+  EXPECT_EQ(fs::file_size(r.snapshot + "/special_tokens_map.json"), 0u);
+  EXPECT_FALSE(fs::exists(r.snapshot + "/original"));
+  EXPECT_EQ(hub_.served.load(), needed_bytes());
 }
 
 TEST_F(HubTest, DroppedConnectionResumesWithRange) {
