@@ -274,6 +274,20 @@ TEST_F(HubTest, PullWritesHuggingFaceCacheLayoutAndSecondPullFetchesNothing) {
   hub::pull(hub::parse_repo_spec("org/llama-30m"), options());
   EXPECT_EQ(hub_.served.load(), 0);
   EXPECT_TRUE(slurp(cfg) == *fixture_files().at("config.json").data);
+
+  // The CLI: the snapshot folder on stdout, or the whole result as JSON.
+  const std::string args = " --endpoint " + hub_.endpoint() + " --cache " + cache_;
+  const auto plain = tailor::test::run_cli("pull org/llama-30m" + args);
+  EXPECT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.out, r.snapshot + "\n");
+  const auto js = tailor::test::run_cli("pull org/llama-30m@" + kCommit + " --json" + args);
+  ASSERT_EQ(js.exit_code, 0) << js.err;
+  const nlohmann::json j = nlohmann::json::parse(js.out);
+  EXPECT_EQ(j["snapshot"], r.snapshot);
+  EXPECT_EQ(j["commit"], kCommit);
+  EXPECT_EQ(j["bytes_downloaded"], 0);
+  EXPECT_EQ(j["files"].size(), kNeeded.size());
+  EXPECT_EQ(hub_.served.load(), 0);
 }
 
 TEST_F(HubTest, EmptyFileAndSubfolderWeights) {
