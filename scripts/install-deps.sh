@@ -28,3 +28,8 @@ fi
 if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/node-llama-cpp ]; then
   (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
+
+# The web app (web/, `tailor serve`): TypeScript, Vite and chart.js from npm.
+if [ -f web/package.json ] && [ ! -d web/node_modules/vite ]; then
+  (cd web && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi

@@ -391,6 +391,7 @@ RunResult work(jobs::JobStore& store, int64_t job, const std::string& model_path
   const auto t0 = Clock::now();
   RunResult res;
   res.job_id = job;
+  if (opt.on_job) opt.on_job(job);
   const jobs::JobInfo info = store.job(job);
   if (info.state == jobs::JobState::Done) return res;
   if (info.state == jobs::JobState::Cancelled)
