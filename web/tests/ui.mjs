@@ -1,0 +1,130 @@
+// Browser test of the web app: `tailor serve` on a fresh job store, a small
+// real measurement of llama-30m through the API, then every page in headless
+// Chromium (playwright-core), checked for what it must show; screenshots go
+// to --out. Usage: node ui.mjs --tailor build/tailor --web build/web/dist
+//                  --shared /work/shared --out DIR [--chromium /usr/bin/chromium]
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const arg = (name, def) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : def;
+};
+const tailor = path.resolve(arg('tailor', 'build/tailor'));
+const web = path.resolve(arg('web', 'build/web/dist'));
+const shared = path.resolve(arg('shared', '/work/shared'));
+const out = path.resolve(arg('out', 'ui-out'));
+const browserPath = arg('chromium', '/usr/bin/chromium');
+fs.rmSync(out, { recursive: true, force: true });
+fs.mkdirSync(out, { recursive: true });
+
+const fail = (msg) => {
+  console.error(`ui: FAIL: ${msg}`);
+  process.exitCode = 1;
+  throw new Error(msg);
+};
+const check = (cond, msg) => {
+  if (!cond) fail(msg);
+  console.log(`ok: ${msg}`);
+};
+
+const model = `${shared}/models/llama-30m`;
+const server = spawn(tailor, ['serve', '--port', '0', '--db', `${out}/jobs.db`, '--allow', out, '--allow', shared,
+  '--web', web, '--hf-token-file', `${out}/hf_token`, '--quiet'], { stdio: ['ignore', 'pipe', 'inherit'] });
+let browser;
+try {
+  const url = await new Promise((resolve, reject) => {
+    let text = '';
+    server.stdout.on('data', (d) => {
+      text += d;
+      const m = text.match(/(http:\/\/127\.0\.0\.1:\d+\/\?token=[0-9a-f]+)/);
+      if (m) resolve(m[1]);
+    });
+    server.on('exit', (c) => reject(new Error(`tailor serve exited with ${c}`)));
+    setTimeout(() => reject(new Error('no URL printed within 30 s')), 30000);
+  });
+  const base = new URL(url);
+  const token = base.searchParams.get('token');
+  const api = async (method, p, body) => {
+    const r = await fetch(new URL(p, base), {
+      method, headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const j = await r.json();
+    if (!r.ok) fail(`${method} ${p}: ${r.status} ${j.error}`);
+    return j;
+  };
+
+  const { job } = await api('POST', '/api/measure', {
+    model, text: `${shared}/text/calibration.txt`, eval: `${shared}/text/eval.txt`, level: 'proxy',
+    types: 'Q8_0,Q4_K', ctx: 128, calib_chunks: 2,
+  });
+
+  browser = await chromium.launch({ executablePath: browserPath, headless: true, args: ['--no-sandbox'] });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(url);
+  // Jobs: the running job appears live (SSE) and ends done.
+  await page.waitForSelector(`tr[data-job="${job}"]`, { timeout: 30000 });
+  check(true, 'jobs page lists the measurement live');
+  await page.screenshot({ path: `${out}/jobs-running.png`, fullPage: true });
+  await page.waitForSelector(`tr[data-job="${job}"][data-state="done"]`, { timeout: 300000 });
+  check(true, 'the job reaches done on the page');
+  await page.screenshot({ path: `${out}/jobs.png`, fullPage: true });
+
+  // Model: the tensor tree and its filter.
+  await page.goto(`${base.origin}/#/model/${encodeURIComponent(model)}`);
+  await page.waitForSelector('.tree tr.tensor');
+  const all = await page.locator('.tree tr.tensor').count();
+  const inspect = await api('GET', `/api/model?path=${encodeURIComponent(model)}`);
+  check(all === inspect.tensors.length, `model tree shows all ${inspect.tensors.length} tensors (${all})`);
+  await page.fill('input[name=filter]', 'attn_q');
+  const filtered = await page.locator('.tree tr.tensor').count();
+  const want = inspect.tensors.filter((t) => /attn_q/i.test(t.name)).length;
+  check(filtered === want && want > 0, `filter attn_q shows ${want} tensors (${filtered})`);
+  await page.screenshot({ path: `${out}/model.png`, fullPage: true });
+
+  // Measurements: curves and heatmap.
+  await page.goto(`${base.origin}/#/measurements/${job}`);
+  await page.waitForSelector('table.heat td');
+  const res = await api('GET', `/api/jobs/${job}/results`);
+  const layers = new Set(res.summary.tensors.map((t) => t.tensor.match(/blk\.(\d+)\./)?.[1]).filter(Boolean));
+  const rows = await page.locator('table.heat tbody tr').count();
+  check(rows === layers.size, `heatmap has one row per layer (${rows} of ${layers.size})`);
+  check(await page.locator('canvas#curve').isVisible(), 'ΔKL curve chart is drawn');
+  await page.screenshot({ path: `${out}/measurements.png`, fullPage: true });
+
+  // Plan: the slider re-plans; the size follows the budget.
+  await page.goto(`${base.origin}/#/plan`);
+  await page.fill('input[name=model]', model);
+  await page.dispatchEvent('input[name=model]', 'change');
+  await page.waitForSelector('#plan-summary p');
+  const before = await page.textContent('#plan-summary p');
+  await page.fill('input[name=bpw]', '8');
+  await page.waitForFunction((b) => document.querySelector('#plan-summary p')?.textContent !== b, before, { timeout: 20000 });
+  const after = await page.textContent('#plan-summary p');
+  check(/bits per weight/.test(after) && after !== before, `plan updates with the budget: "${before}" -> "${after}"`);
+  await page.fill('input[name=save]', `${out}/plan.yaml`);
+  await page.click('text=Save');
+  await page.waitForSelector('text=saved');
+  check(fs.existsSync(`${out}/plan.yaml`), 'strategy saved from the page');
+  await page.screenshot({ path: `${out}/plan.png`, fullPage: true });
+
+  // Quantize with that strategy and offer the download.
+  await page.goto(`${base.origin}/#/quantize`);
+  await page.fill('input[name=model]', model);
+  await page.fill('input[name=strategy]', `${out}/plan.yaml`);
+  await page.fill('input[name=output]', `${out}/plan.gguf`);
+  await page.click('text=Quantize');
+  await page.waitForSelector('a[download]', { timeout: 120000 });
+  check(fs.existsSync(`${out}/plan.gguf`), 'quantized GGUF written and offered for download');
+  await page.screenshot({ path: `${out}/quantize.png`, fullPage: true });
+
+  check(errors.length === 0, `no page errors (${errors.join('; ')})`);
+} finally {
+  await browser?.close();
+  server.kill('SIGTERM');
+}
