@@ -77,19 +77,19 @@ try {
 
   // Model: the tensor tree and its filter.
   await page.goto(`${base.origin}/#/model/${encodeURIComponent(model)}`);
-  await page.waitForSelector('.tree tr.tensor');
+  await page.waitForSelector('.tree tr.tensor', { state: 'attached' });
   const all = await page.locator('.tree tr.tensor').count();
   const inspect = await api('GET', `/api/model?path=${encodeURIComponent(model)}`);
   check(all === inspect.tensors.length, `model tree shows all ${inspect.tensors.length} tensors (${all})`);
-  await page.fill('input[name=filter]', 'attn_q');
+  await page.fill('input[name=filter]', 'norm');
   const filtered = await page.locator('.tree tr.tensor').count();
-  const want = inspect.tensors.filter((t) => /attn_q/i.test(t.name)).length;
-  check(filtered === want && want > 0, `filter attn_q shows ${want} tensors (${filtered})`);
+  const want = inspect.tensors.filter((t) => /norm/i.test(t.name)).length;
+  check(filtered === want && want > 0, `filter norm shows ${want} tensors (${filtered})`);
   await page.screenshot({ path: `${out}/model.png`, fullPage: true });
 
   // Measurements: curves and heatmap.
   await page.goto(`${base.origin}/#/measurements/${job}`);
-  await page.waitForSelector('table.heat td');
+  await page.waitForSelector('table.heat td', { state: 'attached' });
   const res = await api('GET', `/api/jobs/${job}/results`);
   const layers = new Set(res.summary.tensors.map((t) => t.tensor.match(/blk\.(\d+)\./)?.[1]).filter(Boolean));
   const rows = await page.locator('table.heat tbody tr').count();
@@ -108,7 +108,7 @@ try {
   const after = await page.textContent('#plan-summary p');
   check(/bits per weight/.test(after) && after !== before, `plan updates with the budget: "${before}" -> "${after}"`);
   await page.fill('input[name=save]', `${out}/plan.yaml`);
-  await page.click('text=Save');
+  await page.click('button:has-text("Save")');
   await page.waitForSelector('text=saved');
   check(fs.existsSync(`${out}/plan.yaml`), 'strategy saved from the page');
   await page.screenshot({ path: `${out}/plan.png`, fullPage: true });
@@ -118,12 +118,20 @@ try {
   await page.fill('input[name=model]', model);
   await page.fill('input[name=strategy]', `${out}/plan.yaml`);
   await page.fill('input[name=output]', `${out}/plan.gguf`);
-  await page.click('text=Quantize');
+  await page.click('button:has-text("Quantize")');
   await page.waitForSelector('a[download]', { timeout: 120000 });
   check(fs.existsSync(`${out}/plan.gguf`), 'quantized GGUF written and offered for download');
   await page.screenshot({ path: `${out}/quantize.png`, fullPage: true });
 
   check(errors.length === 0, `no page errors (${errors.join('; ')})`);
+} catch (e) {
+  // What the page showed when it failed, for the log and the artifacts.
+  const pages = browser?.contexts().flatMap((c) => c.pages()) ?? [];
+  for (const p of pages) {
+    await p.screenshot({ path: `${out}/failure.png`, fullPage: true }).catch(() => {});
+    console.error(`page text at failure:\n${(await p.textContent('main').catch(() => '')) ?? ''}`);
+  }
+  throw e;
 } finally {
   await browser?.close();
   server.kill('SIGTERM');
