@@ -57,20 +57,29 @@ try {
     return j;
   };
 
-  const { job } = await api('POST', '/api/measure', {
-    model, text: `${shared}/text/calibration.txt`, eval: `${shared}/text/eval.txt`, level: 'proxy',
-    types: 'Q8_0,Q4_K', ctx: 128, calib_chunks: 2,
-  });
-
   browser = await chromium.launch({ executablePath: browserPath, headless: true, args: ['--no-sandbox'] });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(url);
-  // Jobs: the running job appears live (SSE) and ends done.
+  // Jobs: start a measurement from the form, pause and resume it from its row.
+  await page.fill('input[name=model]', model);
+  await page.fill('input[name=text]', `${shared}/text/calibration.txt`);
+  await page.fill('input[name=eval]', `${shared}/text/eval.txt`);
+  await page.fill('input[name=types]', 'Q8_0,Q4_K');
+  await page.selectOption('select[name=level]', 'proxy');
+  await page.fill('input[name=ctx]', '128');
+  await page.fill('input[name=calib_chunks]', '2');
+  await page.click('button:has-text("Start measurement")');
+  await page.waitForSelector('p.ok:has-text("started job")', { timeout: 60000 });
+  const job = Number((await page.textContent('p.ok')).match(/job (\d+)/)[1]);
   await page.waitForSelector(`tr[data-job="${job}"]`, { timeout: 30000 });
-  check(true, 'jobs page lists the measurement live');
-  await page.screenshot({ path: `${out}/jobs-running.png`, fullPage: true });
+  check(true, `jobs page lists job ${job} live`);
+  await page.click(`tr[data-job="${job}"] button:has-text("Pause")`);
+  await page.waitForSelector(`tr[data-job="${job}"][data-state="paused"]`, { timeout: 30000 });
+  check(true, 'pause from the page');
+  await page.screenshot({ path: `${out}/jobs-paused.png`, fullPage: true });
+  await page.click(`tr[data-job="${job}"] button:has-text("Resume")`);
   await page.waitForSelector(`tr[data-job="${job}"][data-state="done"]`, { timeout: 300000 });
   check(true, 'the job reaches done on the page');
   await page.screenshot({ path: `${out}/jobs.png`, fullPage: true });

@@ -207,8 +207,16 @@ struct Server::Impl {
         }
       }
     }
-    for (auto& t : workers)
-      if (t.joinable()) t.join();
+    // Joined outside the lock: a finishing worker may still append one.
+    while (true) {
+      std::vector<std::thread> batch;
+      {
+        std::lock_guard lk(mu);
+        batch.swap(workers);
+      }
+      if (batch.empty()) break;
+      for (auto& t : batch) t.join();
+    }
   }
 
   std::string allowed(const std::string& path) {
@@ -313,13 +321,14 @@ struct Server::Impl {
                      std::shared_ptr<std::promise<int64_t>> on_job) {
     spawn([this, job, model, settings, on_job] {
       int64_t id = job;
-      bool told = false;
+      bool told = false, worked = false;
       try {
         jobs::JobStore st(opt.db);
         measure::RunOptions ro;
         ro.stop = &stopping;
         ro.on_job = [&](int64_t j) {
           id = j;
+          worked = true;
           {
             std::lock_guard lk(mu);
             active_jobs.insert(j);
@@ -340,8 +349,20 @@ struct Server::Impl {
           }
         }
       }
-      std::lock_guard lk(mu);
-      active_jobs.erase(id);
+      {
+        std::lock_guard lk(mu);
+        active_jobs.erase(id);
+      }
+      // A resume that came while this worker was stopping found it still
+      // active and started none: carry on with the job here.
+      if (worked && !stopping) {
+        try {
+          jobs::JobStore st(opt.db);
+          if (st.state(id) == jobs::JobState::Queued)
+            start_measure(id, model, {}, std::make_shared<std::promise<int64_t>>());
+        } catch (const std::exception&) {
+        }
+      }
     });
   }
 
