@@ -116,6 +116,14 @@ try {
   await page.waitForFunction((b) => document.querySelector('#plan-summary p')?.textContent !== b, before, { timeout: 20000 });
   const after = await page.textContent('#plan-summary p');
   check(/bits per weight/.test(after) && after !== before, `plan updates with the budget: "${before}" -> "${after}"`);
+  // Override one tensor's type from the table: it becomes a pin rule and stays.
+  const sel = page.locator('select[data-tensor]').first();
+  const tensor = await sel.getAttribute('data-tensor');
+  const was = await sel.inputValue();
+  const other = (await sel.locator('option').allTextContents()).find((t) => t !== was);
+  await sel.selectOption(other);
+  await page.waitForSelector(`select[data-tensor="${tensor}"] + :text("📌"), td:has(select[data-tensor="${tensor}"]):has-text("📌")`, { timeout: 20000 });
+  check(await page.locator(`select[data-tensor="${tensor}"]`).inputValue() === other, `override ${tensor}: ${was} -> ${other} (pinned)`);
   await page.fill('input[name=save]', `${out}/plan.yaml`);
   await page.click('button:has-text("Save")');
   await page.waitForSelector('text=saved');
@@ -131,6 +139,19 @@ try {
   await page.waitForSelector('a[download]', { timeout: 120000 });
   check(fs.existsSync(`${out}/plan.gguf`), 'quantized GGUF written and offered for download');
   await page.screenshot({ path: `${out}/quantize.png`, fullPage: true });
+
+  // Compare the plan with Q8_0 on a short eval: table and chart.
+  await page.fill('input[name=text]', `${shared}/text/eval.txt`);
+  await page.fill('input[name=baselines]', 'Q8_0');
+  await page.fill('input[name=strategies]', `${out}/plan.yaml`);
+  await page.fill('input[name=ctx]', '128');
+  await page.fill('input[name=windows]', '2');
+  await page.click('button:has-text("Compare")');
+  await page.waitForSelector('pre.table', { timeout: 300000 });
+  const table = await page.textContent('pre.table');
+  check(table.includes('Q8_0') && table.includes('plan'), 'compare table lists Q8_0 and the plan');
+  check(await page.locator('canvas#compare-chart').isVisible(), 'compare chart is drawn');
+  await page.screenshot({ path: `${out}/compare.png`, fullPage: true });
 
   check(errors.length === 0, `no page errors (${errors.join('; ')})`);
 } catch (e) {

@@ -16,6 +16,29 @@ export function planPage(): Page {
   const table = h('div');
   const msg = h('div');
   let strategy: any = null;
+  let measuredTypes: string[] = [];
+  let lastJobs: any[] = [];
+
+  // The types the chosen measurement covers (a pin must be one of them, or F16).
+  const typesFor = () => {
+    const done = lastJobs.filter((j) => j.kind === 'measure' && j.state === 'done');
+    const j = done.find((x) => String(x.id) === job.value) ?? done[done.length - 1];
+    measuredTypes = [...(j?.settings?.types ?? []), 'F16'];
+  };
+  const pin = (name: string, type: string) => {
+    const esc = name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const kept = rules.value.split('\n').map((x) => x.trim()).filter((x) => x && !x.startsWith(`${esc}=`));
+    rules.value = [...kept, `${esc}=${type}`].join('\n');
+    localStorage.setItem('tailor-rules', rules.value);
+    replan();
+  };
+  const typeCell = (x: any) => {
+    if (!measuredTypes.includes(x.type)) return h('td', {}, x.type + (x.pinned ? ' 📌' : ''));
+    const sel = h('select', { 'data-tensor': x.name, onchange: (e: Event) => pin(x.name, (e.target as HTMLSelectElement).value) },
+      ...measuredTypes.map((t) => h('option', { value: t }, t))) as HTMLSelectElement;
+    sel.value = x.type;
+    return h('td', {}, sel, x.pinned ? ' 📌' : '');
+  };
   let seq = 0;
   let timer = 0;
 
@@ -26,7 +49,7 @@ export function planPage(): Page {
     table.replaceChildren(h('table', { class: 'grid' },
       h('thead', {}, h('tr', {}, ...['tensor', 'type', 'bpw', 'ΔKL', 'knee', 'reason'].map((x) => h('th', {}, x)))),
       h('tbody', {}, ...s.tensors.map((x: any) => h('tr', {}, h('td', {}, x.name),
-        h('td', {}, x.type + (x.pinned ? ' 📌' : '')), h('td', { class: 'num' }, Number(x.bpw).toFixed(2)),
+        typeCell(x), h('td', { class: 'num' }, Number(x.bpw).toFixed(2)),
         h('td', { class: 'num' }, Number(x.cost).toExponential(2)), h('td', {}, x.knee ?? ''), h('td', { class: 'muted' }, x.reason ?? ''))))));
   };
 
@@ -54,7 +77,10 @@ export function planPage(): Page {
   bpw.addEventListener('input', soon);
   rules.addEventListener('change', replan);
   model.addEventListener('change', replan);
-  job.addEventListener('change', replan);
+  job.addEventListener('change', () => {
+    typesFor();
+    replan();
+  });
 
   const save = async () => {
     if (!strategy) return error(msg, 'plan first');
@@ -85,6 +111,10 @@ export function planPage(): Page {
   return {
     el,
     onSnapshot: (s: Snapshot) => {
+      lastJobs = s.jobs;
+      const had = measuredTypes.length;
+      typesFor();
+      if (!had && measuredTypes.length > 1 && strategy) show(strategy);
       const done = s.jobs.filter((j) => j.kind === 'measure' && j.state === 'done');
       const key = done.map((j) => j.id).join(',');
       if (key === seen) return;
