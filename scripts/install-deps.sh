@@ -8,7 +8,8 @@ PKGS=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libfmt-dev
       libsentencepiece-dev libzstd-dev libxxhash-dev libyaml-cpp-dev libsqlite3-dev
       libopenblas-dev libdnnl-dev libpcre2-dev libspdlog-dev libcpp-httplib-dev
-      libcurl4-openssl-dev libicu-dev libpng-dev)
+      libcurl4-openssl-dev libicu-dev libpng-dev
+      chromium)  # the web app's browser test (web/tests/ui.mjs)
 
 missing=()
 for p in "${PKGS[@]}"; do
