@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   tailor::cli::register_measure(app);
   tailor::cli::register_plan(app);
   tailor::cli::register_compare(app);
+  tailor::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
