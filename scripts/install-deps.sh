@@ -8,7 +8,8 @@ PKGS=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libfmt-dev
       libsentencepiece-dev libzstd-dev libxxhash-dev libyaml-cpp-dev libsqlite3-dev
       libopenblas-dev libdnnl-dev libpcre2-dev libspdlog-dev libcpp-httplib-dev
-      libcurl4-openssl-dev libssl-dev libicu-dev libpng-dev)
+      libcurl4-openssl-dev libssl-dev libicu-dev libpng-dev
+      chromium)  # the web app's browser test (web/tests/ui.mjs)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -27,4 +28,9 @@ fi
 # node-llama-cpp ships prebuilt llama.cpp binaries: the real client our GGUF files must load in.
 if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/node-llama-cpp ]; then
   (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# The web app (web/, `tailor serve`): TypeScript, Vite and chart.js from npm.
+if [ -f web/package.json ] && [ ! -d web/node_modules/vite ]; then
+  (cd web && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi

@@ -18,6 +18,7 @@ namespace tailor::cli {
 namespace {
 
 using jobs::JobInfo;
+using jobs::job_json;
 using jobs::JobStore;
 
 struct JobsArgs {
@@ -41,27 +42,6 @@ std::string when(std::optional<double> t) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%SZ", &tm);
   return buf;
-}
-
-nlohmann::json job_json(const JobInfo& j) {
-  auto opt = [](std::optional<double> v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
-  return {{"id", j.id},
-          {"kind", j.kind},
-          {"identity", j.identity},
-          {"model", {{"path", j.model.path}, {"repo", j.model.repo}, {"revision", j.model.revision},
-                     {"hash", j.model.hash}}},
-          {"settings", j.settings},
-          {"state", jobs::state_name(j.state)},
-          {"created", j.created},
-          {"updated", j.updated},
-          {"started", opt(j.started)},
-          {"finished", opt(j.finished)},
-          {"units_total", j.units_total},
-          {"units_done", j.units_done},
-          {"units_failed", j.units_failed},
-          {"rate", opt(j.rate)},
-          {"eta_s", opt(j.eta_s)},
-          {"error", j.error}};
 }
 
 std::string model_name(const JobInfo& j) { return j.model.repo.empty() ? j.model.path : j.model.repo; }

@@ -71,23 +71,6 @@ std::map<std::string, GgmlType> strategy_types_checked(const QuantizeArgs& a) {
   return plan::strategy_types(s, plan::model_tensors(a.input), a.strategy);
 }
 
-// general.file_type of a mixed file: the llama_ftype of the type holding the most bytes.
-uint32_t dominant_file_type(const std::vector<TensorDesc>& layout, const std::map<std::string, GgmlType>& types) {
-  std::map<GgmlType, double> bytes;
-  for (const TensorDesc& d : layout) {
-    const auto it = types.find(d.name);
-    if (it == types.end()) continue;
-    double n = 1;
-    for (int64_t x : d.ne) n *= double(x);
-    bytes[it->second] += n * type_info(it->second).bits_per_weight();
-  }
-  GgmlType best = GgmlType::F16;
-  double most = -1;
-  for (const auto& [t, b] : bytes)
-    if (b > most) most = b, best = t;
-  return llama_file_type(best);
-}
-
 void run_quantize(QuantizeArgs a) {
   if (has_budget(a.plan)) {
     if (!a.strategy.empty() || !a.recipe.empty())
@@ -136,7 +119,7 @@ void run_quantize(QuantizeArgs a) {
   if (recipe) {
     res = quantize_with_recipe(q, r);
   } else {
-    file_type = dominant_file_type(gguf_tensor_layout(a.input), strategy);
+    file_type = dominant_file_type(a.input, strategy);
     label = a.strategy;
     res = quantize_with_types(q, strategy, file_type, GgmlType::F16);
   }

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   tailor::cli::register_plan(app);
   tailor::cli::register_compare(app);
   tailor::cli::register_pull(app);
+  tailor::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -733,4 +733,25 @@ void JobStore::merge(const std::string& out, const std::vector<std::string>& inp
   tx.commit();
 }
 
+nlohmann::json job_json(const JobInfo& j) {
+  auto opt = [](std::optional<double> v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
+  return {{"id", j.id},
+          {"kind", j.kind},
+          {"identity", j.identity},
+          {"model", {{"path", j.model.path}, {"repo", j.model.repo}, {"revision", j.model.revision},
+                     {"hash", j.model.hash}}},
+          {"settings", j.settings},
+          {"state", state_name(j.state)},
+          {"created", j.created},
+          {"updated", j.updated},
+          {"started", opt(j.started)},
+          {"finished", opt(j.finished)},
+          {"units_total", j.units_total},
+          {"units_done", j.units_done},
+          {"units_failed", j.units_failed},
+          {"rate", opt(j.rate)},
+          {"eta_s", opt(j.eta_s)},
+          {"error", j.error}};
+}
+
 }  // namespace tailor::jobs

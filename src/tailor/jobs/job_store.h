@@ -48,6 +48,10 @@ struct JobInfo {
   std::string error;
 };
 
+// A job as JSON (state by name, absent times as null), for `tailor jobs --json`
+// and the web server's API.
+nlohmann::json job_json(const JobInfo& j);
+
 struct Unit {
   int64_t id = 0, job = 0;
   std::string key;

@@ -392,10 +392,15 @@ RunResult work(jobs::JobStore& store, int64_t job, const std::string& model_path
   RunResult res;
   res.job_id = job;
   const jobs::JobInfo info = store.job(job);
-  if (info.state == jobs::JobState::Done) return res;
+  if (info.state == jobs::JobState::Done) {
+    if (opt.on_job) opt.on_job(job);
+    return res;
+  }
   if (info.state == jobs::JobState::Cancelled)
     fail("job {} was cancelled; remove it (tailor jobs rm {}) to measure again", job, job);
   store.begin_work(job);
+  // Told after begin_work, so a pause requested at once is not overwritten by it.
+  if (opt.on_job) opt.on_job(job);
   bool prepared = false;
   Progress p;
   p.left_at_start = info.units_total - info.units_done;

@@ -84,6 +84,9 @@ struct RunOptions {
   const std::atomic<bool>* stop = nullptr;   // set (e.g. by SIGINT): pause after the unit in flight
   std::function<void(const std::string& line)> log;  // preparation steps, for the user
   std::function<void(const Progress&)> on_unit;
+  // The job's id, as soon as it is known (before the slow preparation), for
+  // callers such as the web server that answer with it while the work goes on.
+  std::function<void(int64_t job)> on_job;
 };
 
 enum class Outcome { Done, Paused, Cancelled };

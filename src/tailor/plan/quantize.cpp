@@ -61,4 +61,20 @@ ConvertResult quantize_with_recipe(const QuantizeRequest& req, const Recipe& rec
   return res;
 }
 
+uint32_t dominant_file_type(const std::string& input, const std::map<std::string, GgmlType>& types) {
+  std::map<GgmlType, double> bytes;
+  for (const TensorDesc& d : gguf_tensor_layout(input)) {
+    const auto it = types.find(d.name);
+    if (it == types.end()) continue;
+    double n = 1;
+    for (int64_t x : d.ne) n *= double(x);
+    bytes[it->second] += n * type_info(it->second).bits_per_weight();
+  }
+  GgmlType best = GgmlType::F16;
+  double most = -1;
+  for (const auto& [t, b] : bytes)
+    if (b > most) most = b, best = t;
+  return llama_file_type(best);
+}
+
 }  // namespace tailor

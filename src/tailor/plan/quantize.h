@@ -31,6 +31,10 @@ RecipePlan plan_recipe(const std::string& input, const Recipe& recipe, bool has_
 ConvertResult quantize_with_types(const QuantizeRequest& req, const std::map<std::string, GgmlType>& types,
                                   uint32_t file_type, GgmlType fallback = GgmlType::F16);
 
+// general.file_type of a mixed file: the llama_ftype of the type holding the
+// most bytes among `types` (tensors of `input` it does not name are ignored).
+uint32_t dominant_file_type(const std::string& input, const std::map<std::string, GgmlType>& types);
+
 // Writes the model as llama-quantize would with `recipe`. Tensors the recipe
 // gives a type that needs importance values must have them in req.imatrix.
 ConvertResult quantize_with_recipe(const QuantizeRequest& req, const Recipe& recipe);

@@ -1,0 +1,168 @@
+// Browser test of the web app: `tailor serve` on a fresh job store, a small
+// real measurement of llama-30m through the API, then every page in headless
+// Chromium (playwright-core), checked for what it must show; screenshots go
+// to --out. Usage: node ui.mjs --tailor build/tailor --web build/web/dist
+//                  --shared /work/shared --out DIR [--chromium /usr/bin/chromium]
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const arg = (name, def) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : def;
+};
+const tailor = path.resolve(arg('tailor', 'build/tailor'));
+const web = path.resolve(arg('web', 'build/web/dist'));
+const shared = path.resolve(arg('shared', '/work/shared'));
+const out = path.resolve(arg('out', 'ui-out'));
+const browserPath = arg('chromium', '/usr/bin/chromium');
+fs.rmSync(out, { recursive: true, force: true });
+fs.mkdirSync(out, { recursive: true });
+
+const fail = (msg) => {
+  console.error(`ui: FAIL: ${msg}`);
+  process.exitCode = 1;
+  throw new Error(msg);
+};
+const check = (cond, msg) => {
+  if (!cond) fail(msg);
+  console.log(`ok: ${msg}`);
+};
+
+const model = `${shared}/models/llama-30m`;
+const server = spawn(tailor, ['serve', '--port', '0', '--db', `${out}/jobs.db`, '--allow', out, '--allow', shared,
+  '--web', web, '--hf-token-file', `${out}/hf_token`, '--quiet'], { stdio: ['ignore', 'pipe', 'inherit'] });
+let browser;
+try {
+  const url = await new Promise((resolve, reject) => {
+    let text = '';
+    server.stdout.on('data', (d) => {
+      text += d;
+      const m = text.match(/(http:\/\/127\.0\.0\.1:\d+\/\?token=[0-9a-f]+)/);
+      if (m) resolve(m[1]);
+    });
+    server.on('exit', (c) => reject(new Error(`tailor serve exited with ${c}`)));
+    setTimeout(() => reject(new Error('no URL printed within 30 s')), 30000);
+  });
+  const base = new URL(url);
+  const token = base.searchParams.get('token');
+  const api = async (method, p, body) => {
+    const r = await fetch(new URL(p, base), {
+      method, headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const j = await r.json();
+    if (!r.ok) fail(`${method} ${p}: ${r.status} ${j.error}`);
+    return j;
+  };
+
+  browser = await chromium.launch({ executablePath: browserPath, headless: true, args: ['--no-sandbox'] });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(url);
+  // Jobs: start a measurement from the form, pause and resume it from its row.
+  await page.fill('input[name=model]', model);
+  await page.fill('input[name=text]', `${shared}/text/calibration.txt`);
+  await page.fill('input[name=eval]', `${shared}/text/eval.txt`);
+  await page.fill('input[name=types]', 'Q8_0,Q4_K');
+  await page.selectOption('select[name=level]', 'proxy');
+  await page.fill('input[name=ctx]', '128');
+  await page.fill('input[name=calib_chunks]', '2');
+  await page.click('button:has-text("Start measurement")');
+  await page.waitForSelector('p.ok:has-text("started job")', { timeout: 60000 });
+  const job = Number((await page.textContent('p.ok')).match(/job (\d+)/)[1]);
+  await page.waitForSelector(`tr[data-job="${job}"]`, { timeout: 30000 });
+  check(true, `jobs page lists job ${job} live`);
+  await page.click(`tr[data-job="${job}"] button:has-text("Pause")`);
+  await page.waitForSelector(`tr[data-job="${job}"][data-state="paused"]`, { timeout: 30000 });
+  check(true, 'pause from the page');
+  await page.screenshot({ path: `${out}/jobs-paused.png`, fullPage: true });
+  await page.click(`tr[data-job="${job}"] button:has-text("Resume")`);
+  await page.waitForSelector(`tr[data-job="${job}"][data-state="done"]`, { timeout: 300000 });
+  check(true, 'the job reaches done on the page');
+  await page.screenshot({ path: `${out}/jobs.png`, fullPage: true });
+
+  // Model: the tensor tree and its filter.
+  await page.goto(`${base.origin}/#/model/${encodeURIComponent(model)}`);
+  await page.waitForSelector('.tree tr.tensor', { state: 'attached' });
+  const all = await page.locator('.tree tr.tensor').count();
+  const inspect = await api('GET', `/api/model?path=${encodeURIComponent(model)}`);
+  check(all === inspect.tensors.length, `model tree shows all ${inspect.tensors.length} tensors (${all})`);
+  await page.fill('input[name=filter]', 'norm');
+  const filtered = await page.locator('.tree tr.tensor').count();
+  const want = inspect.tensors.filter((t) => /norm/i.test(t.name)).length;
+  check(filtered === want && want > 0, `filter norm shows ${want} tensors (${filtered})`);
+  await page.screenshot({ path: `${out}/model.png`, fullPage: true });
+
+  // Measurements: curves and heatmap.
+  await page.goto(`${base.origin}/#/measurements/${job}`);
+  await page.waitForSelector('table.heat td', { state: 'attached' });
+  const res = await api('GET', `/api/jobs/${job}/results`);
+  const layers = new Set(res.summary.tensors.map((t) => t.tensor.match(/blk\.(\d+)\./)?.[1]).filter(Boolean));
+  const rows = await page.locator('table.heat tbody tr').count();
+  check(rows === layers.size, `heatmap has one row per layer (${rows} of ${layers.size})`);
+  check(await page.locator('canvas#curve').isVisible(), 'ΔKL curve chart is drawn');
+  await page.screenshot({ path: `${out}/measurements.png`, fullPage: true });
+
+  // Plan: the slider re-plans; the size follows the budget.
+  await page.goto(`${base.origin}/#/plan`);
+  await page.fill('input[name=model]', model);
+  await page.dispatchEvent('input[name=model]', 'change');
+  await page.waitForSelector('#plan-summary p');
+  const before = await page.textContent('#plan-summary p');
+  await page.fill('input[name=bpw]', '8');
+  await page.waitForFunction((b) => document.querySelector('#plan-summary p')?.textContent !== b, before, { timeout: 20000 });
+  const after = await page.textContent('#plan-summary p');
+  check(/bits per weight/.test(after) && after !== before, `plan updates with the budget: "${before}" -> "${after}"`);
+  // Override one tensor's type from the table: it becomes a pin rule and stays.
+  const sel = page.locator('select[data-tensor]').first();
+  const tensor = await sel.getAttribute('data-tensor');
+  const was = await sel.inputValue();
+  const other = (await sel.locator('option').allTextContents()).find((t) => t !== was);
+  await sel.selectOption(other);
+  await page.waitForSelector(`select[data-tensor="${tensor}"] + :text("📌"), td:has(select[data-tensor="${tensor}"]):has-text("📌")`, { timeout: 20000 });
+  check(await page.locator(`select[data-tensor="${tensor}"]`).inputValue() === other, `override ${tensor}: ${was} -> ${other} (pinned)`);
+  await page.fill('input[name=save]', `${out}/plan.yaml`);
+  await page.click('button:has-text("Save")');
+  await page.waitForSelector('text=saved');
+  check(fs.existsSync(`${out}/plan.yaml`), 'strategy saved from the page');
+  await page.screenshot({ path: `${out}/plan.png`, fullPage: true });
+
+  // Quantize with that strategy and offer the download.
+  await page.goto(`${base.origin}/#/quantize`);
+  await page.fill('input[name=model]', model);
+  await page.fill('input[name=strategy]', `${out}/plan.yaml`);
+  await page.fill('input[name=output]', `${out}/plan.gguf`);
+  await page.click('button:has-text("Quantize")');
+  await page.waitForSelector('a[download]', { timeout: 120000 });
+  check(fs.existsSync(`${out}/plan.gguf`), 'quantized GGUF written and offered for download');
+  await page.screenshot({ path: `${out}/quantize.png`, fullPage: true });
+
+  // Compare the plan with Q8_0 on a short eval: table and chart.
+  await page.fill('input[name=text]', `${shared}/text/eval.txt`);
+  await page.fill('input[name=baselines]', 'Q8_0');
+  await page.fill('input[name=strategies]', `${out}/plan.yaml`);
+  await page.fill('input[name=ctx]', '128');
+  await page.fill('input[name=windows]', '2');
+  await page.click('button:has-text("Compare")');
+  await page.waitForSelector('pre.table', { timeout: 300000 });
+  const table = await page.textContent('pre.table');
+  check(table.includes('Q8_0') && table.includes('plan'), 'compare table lists Q8_0 and the plan');
+  check(await page.locator('canvas#compare-chart').isVisible(), 'compare chart is drawn');
+  await page.screenshot({ path: `${out}/compare.png`, fullPage: true });
+
+  check(errors.length === 0, `no page errors (${errors.join('; ')})`);
+} catch (e) {
+  // What the page showed when it failed, for the log and the artifacts.
+  const pages = browser?.contexts().flatMap((c) => c.pages()) ?? [];
+  for (const p of pages) {
+    await p.screenshot({ path: `${out}/failure.png`, fullPage: true }).catch(() => {});
+    console.error(`page text at failure:\n${(await p.textContent('main').catch(() => '')) ?? ''}`);
+  }
+  throw e;
+} finally {
+  await browser?.close();
+  server.kill('SIGTERM');
+}
