@@ -104,6 +104,14 @@ try {
   const rows = await page.locator('table.heat tbody tr').count();
   check(rows === layers.size, `heatmap has one row per layer (${rows} of ${layers.size})`);
   check(await page.locator('canvas#curve').isVisible(), 'ΔKL curve chart is drawn');
+  // Knees are marked before any plan exists (from the planner, budget-free).
+  const kneePlan = await api('POST', '/api/plan', { model, job, target_bpw: 32 });
+  const kneeOf = Object.fromEntries(kneePlan.strategy.tensors.map((t) => [t.name, t.knee]));
+  const shownNames = res.summary.tensors.slice(0, 8).map((t) => t.tensor);
+  const wantKnees = shownNames.filter((n) => kneeOf[n]).length;
+  await page.waitForFunction((n) => document.querySelector('canvas#curve')?.dataset.knees === String(n), wantKnees, { timeout: 20000 });
+  check(await page.getAttribute('canvas#curve', 'data-planned') === '0',
+    `curve marks the knees of ${wantKnees} of ${shownNames.length} shown tensors and no plan yet`);
   await page.screenshot({ path: `${out}/measurements.png`, fullPage: true });
 
   // Plan: the slider re-plans; the size follows the budget.
@@ -155,6 +163,19 @@ try {
   await page.waitForSelector('text=saved');
   check(fs.existsSync(`${out}/plan.yaml`), 'strategy saved from the page');
   await page.screenshot({ path: `${out}/plan.png`, fullPage: true });
+
+  // The current plan's types appear on the Measurements curves next to the knees.
+  const planTypes = Object.fromEntries((await api('POST', '/api/plan', { model, target_bpw: 8,
+    rules: (await page.inputValue('textarea[name=rules]')).split('\n').filter(Boolean) })).strategy.tensors.map((t) => [t.name, t.type]));
+  await page.goto(`${base.origin}/#/measurements/${job}`);
+  await page.waitForFunction((n) => document.querySelector('canvas#curve')?.dataset.planned === String(n),
+    shownNames.filter((n) => {
+      const c = res.summary.tensors.find((t) => t.tensor === n)?.types[planTypes[n]];
+      return c && c.applicable !== false && c.cost > 0;
+    }).length, { timeout: 20000 });
+  check(await page.getAttribute('canvas#curve', 'data-knees') === String(wantKnees) &&
+    (await page.textContent('#curve-marks')).includes('current plan'), 'curve marks the current plan\'s types and the knees');
+  await page.screenshot({ path: `${out}/measurements-marks.png`, fullPage: true });
 
   // Quantize with that strategy and offer the download.
   await page.goto(`${base.origin}/#/quantize`);

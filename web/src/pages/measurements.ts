@@ -1,5 +1,5 @@
 import { Chart, registerables } from 'chart.js';
-import { get, Job, Snapshot } from '../api';
+import { get, Job, post, Snapshot } from '../api';
 import { error, field, h, input, layerKind } from '../dom';
 import type { Page } from '../main';
 
@@ -26,11 +26,35 @@ function heat(v: number, lo: number, hi: number): string {
   return `hsl(${(1 - x) * 220}, 80%, ${85 - 40 * x}%)`;
 }
 
+// Knees come from a plan of this measurement (they do not depend on the
+// budget, so a budget that holds everything will do when there is no current
+// plan); the current plan, if it was made from this job, adds its types.
+async function planMarks(job: number, info: any): Promise<Record<string, { type?: string; knee: string }>> {
+  let current: any = null;
+  try {
+    current = JSON.parse(sessionStorage.getItem('tailor-plan') ?? 'null');
+  } catch {
+    current = null;
+  }
+  if (current?.job === job) return current.tensors;
+  if (info?.state !== 'done') return {};
+  try {
+    const r = await post<any>('/api/plan', { model: info.model.path, job, target_bpw: 32 });
+    return Object.fromEntries(r.strategy.tensors.map((x: any) => [x.name, { knee: x.knee ?? '' }]));
+  } catch {
+    return {};  // e.g. the model changed since: the curves still show
+  }
+}
+
 export function measurementsPage(arg: string): Page {
   const pick = h('select', { name: 'job' }) as HTMLSelectElement;
   const out = h('div');
   let chart: Chart | null = null;
   let rows: Row[] = [];
+  // Per tensor: its knee (from the planner's find_knee) and the type the
+  // current plan chose, when the Plan page planned from this measurement.
+  let marks: Record<string, { type?: string; knee: string }> = {};
+  const marksNote = h('p', { class: 'muted', id: 'curve-marks' });
   let jobsSeen = '';
 
   const filter = input('tensors', '', { placeholder: 'tensors to plot (regex), e.g. blk\\.0\\.', size: 30 });
@@ -54,6 +78,24 @@ export function measurementsPage(arg: string): Page {
       backgroundColor: palette[i % palette.length],
       showLine: true,
     }));
+    const point = (r: Row, t: string | undefined) => {
+      const c = t ? r.types[t] : undefined;
+      return c && c.applicable !== false && c.cost > 0 ? { x: c.bpw, y: c.cost } : null;
+    };
+    const markSet = (label: string, style: string, pick: (r: Row) => string | undefined) => {
+      const pts = chosen.map((r, i) => ({ p: point(r, pick(r)), i })).filter((x) => x.p);
+      return { label, data: pts.map((x) => x.p!), pointStyle: style, pointRadius: 9, pointHoverRadius: 11,
+        borderColor: '#111827', borderWidth: 2, backgroundColor: pts.map((x) => palette[x.i % palette.length]), showLine: false };
+    };
+    const knees = markSet('knee', 'triangle', (r) => marks[r.tensor]?.knee || undefined);
+    const planned = markSet('current plan', 'rectRot', (r) => marks[r.tensor]?.type);
+    if (knees.data.length) datasets.push(knees as any);
+    if (planned.data.length) datasets.push(planned as any);
+    canvas.dataset.shown = String(chosen.length);
+    canvas.dataset.knees = String(knees.data.length);
+    canvas.dataset.planned = String(planned.data.length);
+    marksNote.textContent = `▲ knee (${knees.data.length} of ${chosen.length} shown tensors have one)` +
+      (planned.data.length ? ` · ◆ type of the current plan` : ' · no current plan from this measurement (make one on the Plan page)');
     chart?.destroy();
     chart = new Chart(canvas, {
       type: 'scatter',
@@ -102,12 +144,13 @@ export function measurementsPage(arg: string): Page {
     try {
       const r = await get<any>(`/api/jobs/${pick.value}/results`);
       rows = r.summary.tensors;
+      marks = await planMarks(Number(pick.value), r.job);
       const types = [...new Set(rows.flatMap((x) => Object.keys(x.types)))];
       typeSel.replaceChildren(...types.map((t) => h('option', { value: t }, t)));
       const c = r.summary.counts;
       out.replaceChildren(
         h('p', {}, `${rows.length} tensors · ${r.job.state} · measured ${c.measured}, predicted ${c.predicted}, proxy ${c.proxy}, pending ${c.pending}`),
-        h('h3', {}, 'ΔKL against bits per weight'), field('Tensors', filter), h('div', { class: 'chart' }, canvas),
+        h('h3', {}, 'ΔKL against bits per weight'), field('Tensors', filter), h('div', { class: 'chart' }, canvas), marksNote,
         h('h3', {}, 'Heatmap: layers × tensor kinds'), field('Type', typeSel), heatBox);
       drawCurves();
       drawHeat();

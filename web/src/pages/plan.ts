@@ -88,6 +88,9 @@ export function planPage(): Page {
       if (mine !== seq) return;  // a newer request is on its way
       msg.replaceChildren();
       show(r.strategy);
+      // The current plan, for the Measurements page to mark its choices (this tab only).
+      sessionStorage.setItem('tailor-plan', JSON.stringify({ job: r.job,
+        tensors: Object.fromEntries(r.strategy.tensors.map((x: any) => [x.name, { type: x.type, knee: x.knee ?? '' }])) }));
     } catch (e) {
       if (mine === seq) error(msg, e);
     }
