@@ -236,6 +236,36 @@ TEST_F(ServerTest, HuggingFaceTokenIsStoredPrivatelyAndNeverReturned) {
   post_json("/api/hf-token", {{"token", "two words"}}, 400);
 }
 
+// A Hugging Face id that names no local path is pulled into (here: found in,
+// offline) the Hub cache, whose snapshot the server may read although it is
+// outside --allow; a path-like argument never becomes a Hub id.
+TEST_F(ServerTest, HuggingFaceIdsResolveThroughTheHubCache) {
+  const fs::path cache = root / "hub";
+  const std::string commit(40, 'c');
+  const fs::path repo = cache / "models--test-org--tiny-llama";
+  fs::create_directories(repo / "refs");
+  std::ofstream(repo / "refs" / "main") << commit;
+  const fs::path snap = repo / "snapshots" / commit;
+  fs::create_directories(snap);
+  for (const auto& e : fs::directory_iterator(kModel))
+    if (e.is_regular_file()) fs::create_symlink(e.path(), snap / e.path().filename());
+  ::setenv("HF_HUB_CACHE", cache.c_str(), 1);
+  ::setenv("HF_HUB_OFFLINE", "1", 1);
+  json m = get_json("/api/model?path=" + q("test-org/tiny-llama"));
+  EXPECT_EQ(m["tensors"], tailor::inspect_model(kModel)["tensors"]);
+  // The id reaches the planner as the snapshot folder, which has no measurement yet.
+  json p = post_json("/api/plan", {{"model", "test-org/tiny-llama"}, {"target_bpw", 4.5}}, 404);
+  EXPECT_NE(p["error"].get<std::string>().find(snap.string()), std::string::npos) << p;
+  // Not cached (and offline): a one-line 400 naming the id, not a crash or a 500.
+  json e = post_json("/api/measure", {{"model", "test-org/absent"}, {"text", kCalib}}, 400);
+  EXPECT_NE(e["error"].get<std::string>().find("test-org/absent"), std::string::npos) << e;
+  // Other folders of the cache's file system stay closed, and so do escapes.
+  get_json("/api/model?path=" + q("/etc/passwd"), 403);
+  get_json("/api/model?path=" + q("../etc/passwd"), 403);
+  ::unsetenv("HF_HUB_OFFLINE");
+  ::unsetenv("HF_HUB_CACHE");
+}
+
 // The whole path of the app on llama-30m: measure (paused, resumed, watched
 // over SSE), results, plan, strategy files, quantize, download and compare.
 TEST_F(ServerTest, MeasurePlanQuantizeCompareOnLlama30m) {

@@ -70,8 +70,17 @@ try {
   await page.selectOption('select[name=level]', 'proxy');
   await page.fill('input[name=ctx]', '128');
   await page.fill('input[name=calib_chunks]', '2');
+  const hfSecret = 'hf_UiTestSecret0123456789';
+  await page.fill('input[name=hf_token]', hfSecret);
   await page.click('button:has-text("Start measurement")');
   await page.waitForSelector('p.ok:has-text("started job")', { timeout: 60000 });
+  // The Hugging Face token went to the server's 0600 file and is shown nowhere.
+  const hfFile = `${out}/hf_token`;
+  check(fs.existsSync(hfFile) && fs.readFileSync(hfFile, 'utf8') === `${hfSecret}\n` && (fs.statSync(hfFile).mode & 0o777) === 0o600,
+    'HF token from the start form stored mode 0600');
+  check(await page.inputValue('input[name=hf_token]') === '' && !(await page.content()).includes(hfSecret) &&
+    /token is stored/.test(await page.textContent('#hf-token-state')) && !JSON.stringify(await api('GET', '/api/hf-token')).includes(hfSecret),
+    'the HF token is cleared from the form and never echoed');
   const job = Number((await page.textContent('p.ok')).match(/job (\d+)/)[1]);
   await page.waitForSelector(`tr[data-job="${job}"]`, { timeout: 30000 });
   check(true, `jobs page lists job ${job} live`);

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tailor/eval/imatrix.h"
+#include "tailor/hub/hub.h"
 #include "tailor/jobs/job_store.h"
 #include "tailor/measure/measure.h"
 #include "tailor/model/inspect.h"
@@ -224,6 +225,40 @@ struct Server::Impl {
     if (!path_allowed(path, roots, resolved))
       refuse(403, fmt::format("{}: outside the folders this server may use (--allow)", path));
     return resolved;
+  }
+
+  // A model may also sit in the Hugging Face cache, where Hub ids are pulled to.
+  std::string allowed_model(const std::string& path) {
+    std::string resolved;
+    std::vector<std::string> with_cache = roots;
+    with_cache.push_back(hub::default_cache_dir());
+    if (!path_allowed(path, with_cache, resolved))
+      refuse(403, fmt::format("{}: outside the folders this server may use (--allow)", path));
+    return resolved;
+  }
+
+  // The token stored through /api/hf-token; empty: the Hub's own defaults.
+  std::string stored_hf_token() {
+    std::ifstream in(opt.hf_token_file);
+    std::string tok;
+    std::getline(in, tok);
+    return tok;
+  }
+
+  // A model argument: a path in an allowed folder, or a Hugging Face id
+  // (ORG/NAME[@REV]) that names no local path, pulled into the Hub cache with
+  // the stored token (nothing is fetched when the cache has it already). The
+  // pull runs in the request, so a large model's first use answers late.
+  std::string model_path(const std::string& given) {
+    std::error_code ec;
+    if (!given.empty() && !fs::exists(given, ec) && hub::looks_like_repo_spec(given)) {
+      hub::PullOptions po;
+      po.token = stored_hf_token();
+      po.quiet = true;
+      po.log = nullptr;
+      return allowed_model(hub::pull(hub::parse_repo_spec(given), po).snapshot);
+    }
+    return allowed_model(given);
   }
 
   bool authorized(const httplib::Request& req) const {
@@ -459,7 +494,7 @@ void Server::Impl::routes() {
       }
       // A measurement nobody works on gets a worker here (its model must be allowed).
       if (info.kind == "measure" && !active) {
-        const std::string model = allowed(info.model.path);
+        const std::string model = allowed_model(info.model.path);
         auto p = std::make_shared<std::promise<int64_t>>();
         start_measure(id, model, {}, p);
         await_job(p);
@@ -473,7 +508,7 @@ void Server::Impl::routes() {
 
   http.Post("/api/measure", wrap([this](const httplib::Request& req) {
     const json b = parse_body(req);
-    const std::string model = allowed(str_field(b, "model"));
+    const std::string model = model_path(str_field(b, "model"));
     measure::Settings s;
     s.text = allowed(str_field(b, "text"));
     const std::string ev = str_field(b, "eval", false);
@@ -502,13 +537,13 @@ void Server::Impl::routes() {
 
   http.Get("/api/model", wrap([this](const httplib::Request& req) {
     if (!req.has_param("path")) refuse(400, "'path' is required");
-    return inspect_model(allowed(req.get_param_value("path")));
+    return inspect_model(model_path(req.get_param_value("path")));
   }));
 
   http.Post("/api/plan", wrap([this](const httplib::Request& req) {
     const json b = parse_body(req);
     plan::PlanRequest pr;
-    pr.model = allowed(str_field(b, "model"));
+    pr.model = model_path(str_field(b, "model"));
     jobs::JobStore st = store();
     int64_t job = num_field<int64_t>(b, "job").value_or(0);
     if (job == 0) job = measure::find_measurement(st, pr.model);
@@ -553,7 +588,7 @@ void Server::Impl::routes() {
 
   http.Post("/api/quantize", wrap([this](const httplib::Request& req) {
     const json b = parse_body(req);
-    const std::string model = allowed(str_field(b, "model"));
+    const std::string model = model_path(str_field(b, "model"));
     const std::string strategy = allowed(str_field(b, "strategy"));
     const std::string output = allowed(str_field(b, "output"));
     if (fs::path(output).extension() != ".gguf") refuse(400, "'output' must end in .gguf");
@@ -591,7 +626,7 @@ void Server::Impl::routes() {
   http.Post("/api/compare", wrap([this](const httplib::Request& req) {
     const json b = parse_body(req);
     plan::CompareRequest cr;
-    cr.model = allowed(str_field(b, "model"));
+    cr.model = model_path(str_field(b, "model"));
     cr.text = allowed(str_field(b, "text"));
     cr.baselines = list_field(b, "baselines");
     for (const auto& s : list_field(b, "strategies")) cr.strategies.push_back(allowed(s));

@@ -52,7 +52,20 @@ export function jobsPage(): Page {
       h('td', {}, progress(Math.round(t.progress * 100), 100)), h('td', { class: 'path' }, t.error ?? t.message));
 
   // The start form: a measurement of a model folder.
-  const model = input('model', '', { placeholder: '/path/to/hf-model-folder', size: 50 });
+  const model = input('model', '', { placeholder: '/path/to/hf-model-folder or ORG/NAME[@REV] on the Hub', size: 50 });
+  // Sent once to the server, which keeps it in a 0600 file and never returns it;
+  // the field is cleared after, and never remembered by the page.
+  const hfToken = input('hf_token', '', { type: 'password', size: 30, autocomplete: 'off', placeholder: 'hf_… (optional, for gated or private models)' });
+  const hfStored = h('span', { class: 'muted', id: 'hf-token-state' });
+  const tokenState = async () => {
+    try {
+      const r = await get<{ stored: boolean }>('/api/hf-token');
+      hfStored.textContent = r.stored ? ' a token is stored on the server' : ' no token stored';
+    } catch {
+      hfStored.textContent = '';
+    }
+  };
+  tokenState();
   const text = input('text', '', { placeholder: 'calibration text', size: 50 });
   const evalText = input('eval', '', { placeholder: 'eval text (default: the calibration text)', size: 50 });
   const types = input('types', 'Q8_0,Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K,Q2_K', { size: 50 });
@@ -64,8 +77,14 @@ export function jobsPage(): Page {
   remember(level, 'level'); remember(ctx, 'ctx'); remember(chunks, 'chunks');
   const start = async (e: Event) => {
     e.preventDefault();
-    msg.replaceChildren(h('p', { class: 'muted' }, 'starting (loading the model)…'));
+    const hub = /^[\w.-]+\/[\w.-]+(@[\w.\/-]+)?$/.test(model.value) && !model.value.startsWith('.');
+    msg.replaceChildren(h('p', { class: 'muted' }, hub ? 'starting (fetching the model from the Hub if it is not cached, then loading it)…' : 'starting (loading the model)…'));
     try {
+      if (hfToken.value) {
+        await post('/api/hf-token', { token: hfToken.value });
+        hfToken.value = '';
+        await tokenState();
+      }
       const r = await post<{ job: number }>('/api/measure', {
         model: model.value, text: text.value, eval: evalText.value || undefined, types: types.value,
         level: level.value, ctx: Number(ctx.value), calib_chunks: Number(chunks.value),
@@ -76,7 +95,7 @@ export function jobsPage(): Page {
     }
   };
   const form = h('form', { class: 'card', onsubmit: start }, h('h3', {}, 'Measure a model'),
-    field('Model folder', model), field('Calibration text', text), field('Eval text', evalText),
+    field('Model (folder or Hub id)', model), field('Hugging Face token', h('span', {}, hfToken, hfStored)), field('Calibration text', text), field('Eval text', evalText),
     field('Types', types), field('Level', level), field('Context', ctx), field('Calibration chunks', chunks),
     h('button', { type: 'submit' }, 'Start measurement'));
 
