@@ -67,7 +67,7 @@ try {
   await page.fill('input[name=text]', `${shared}/text/calibration.txt`);
   await page.fill('input[name=eval]', `${shared}/text/eval.txt`);
   await page.fill('input[name=types]', 'Q8_0,Q4_K');
-  await page.selectOption('select[name=level]', 'proxy');
+  await page.selectOption('select[name=level]', 'kld');  // ΔKL figures, for the quality budgets on the Plan page
   await page.fill('input[name=ctx]', '128');
   await page.fill('input[name=calib_chunks]', '2');
   const hfSecret = 'hf_UiTestSecret0123456789';

@@ -220,19 +220,12 @@ struct Server::Impl {
     }
   }
 
-  std::string allowed(const std::string& path) {
+  // A model (`hub_cache`) may also sit in the Hugging Face cache, where Hub ids are pulled to.
+  std::string allowed(const std::string& path, bool hub_cache = false) {
     std::string resolved;
-    if (!path_allowed(path, roots, resolved))
-      refuse(403, fmt::format("{}: outside the folders this server may use (--allow)", path));
-    return resolved;
-  }
-
-  // A model may also sit in the Hugging Face cache, where Hub ids are pulled to.
-  std::string allowed_model(const std::string& path) {
-    std::string resolved;
-    std::vector<std::string> with_cache = roots;
-    with_cache.push_back(hub::default_cache_dir());
-    if (!path_allowed(path, with_cache, resolved))
+    std::vector<std::string> in = roots;
+    if (const std::string c = hub::default_cache_dir(); hub_cache && !c.empty()) in.push_back(c);
+    if (!path_allowed(path, in, resolved))
       refuse(403, fmt::format("{}: outside the folders this server may use (--allow)", path));
     return resolved;
   }
@@ -256,9 +249,9 @@ struct Server::Impl {
       po.token = stored_hf_token();
       po.quiet = true;
       po.log = nullptr;
-      return allowed_model(hub::pull(hub::parse_repo_spec(given), po).snapshot);
+      return allowed(hub::pull(hub::parse_repo_spec(given), po).snapshot, true);
     }
-    return allowed_model(given);
+    return allowed(given, true);
   }
 
   bool authorized(const httplib::Request& req) const {
@@ -494,7 +487,7 @@ void Server::Impl::routes() {
       }
       // A measurement nobody works on gets a worker here (its model must be allowed).
       if (info.kind == "measure" && !active) {
-        const std::string model = allowed_model(info.model.path);
+        const std::string model = allowed(info.model.path, true);
         auto p = std::make_shared<std::promise<int64_t>>();
         start_measure(id, model, {}, p);
         await_job(p);
