@@ -66,8 +66,8 @@ try {
   await page.fill('input[name=model]', model);
   await page.fill('input[name=text]', `${shared}/text/calibration.txt`);
   await page.fill('input[name=eval]', `${shared}/text/eval.txt`);
-  await page.fill('input[name=types]', 'Q8_0,Q4_K');
-  await page.selectOption('select[name=level]', 'kld');  // ΔKL figures, for the quality budgets on the Plan page
+  await page.fill('input[name=types]', 'Q8_0,Q4_K,Q3_K,Q2_K');  // enough points for knees
+  await page.selectOption('select[name=level]', 'full');  // measured ΔKL: quality budgets and significant knees
   await page.fill('input[name=ctx]', '128');
   await page.fill('input[name=calib_chunks]', '2');
   const hfSecret = 'hf_UiTestSecret0123456789';
@@ -116,11 +116,16 @@ try {
   // Knees are marked before any plan exists (from the planner, budget-free).
   const kneePlan = await api('POST', '/api/plan', { model, job, target_bpw: 32 });
   const kneeOf = Object.fromEntries(kneePlan.strategy.tensors.map((t) => [t.name, t.knee]));
-  const shownNames = res.summary.tensors.slice(0, 8).map((t) => t.tensor);
-  const wantKnees = shownNames.filter((n) => kneeOf[n]).length;
-  await page.waitForFunction((n) => document.querySelector('canvas#curve')?.dataset.knees === String(n), wantKnees, { timeout: 20000 });
+  const kneeNames = res.summary.tensors.map((t) => t.tensor).filter((n) => kneeOf[n]).slice(0, 8);
+  check(kneeNames.length > 0, `the planner finds knees on llama-30m (${kneeNames.map((n) => `${n}: ${kneeOf[n]}`).join(', ')})`);
+  // Show those tensors only: every curve then carries a knee mark.
+  await page.fill('input[name=tensors]', `^(${kneeNames.map((n) => n.replace(/\./g, '\\.')).join('|')})$`);
+  const shownNames = kneeNames;
+  const wantKnees = kneeNames.length;
+  await page.waitForFunction((n) => document.querySelector('canvas#curve')?.dataset.knees === String(n) &&
+    document.querySelector('canvas#curve')?.dataset.shown === String(n), wantKnees, { timeout: 20000 });
   check(await page.getAttribute('canvas#curve', 'data-planned') === '0',
-    `curve marks the knees of ${wantKnees} of ${shownNames.length} shown tensors and no plan yet`);
+    `curve marks the knees of all ${wantKnees} shown tensors and no plan yet`);
   await page.screenshot({ path: `${out}/measurements.png`, fullPage: true });
 
   // Plan: the slider re-plans; the size follows the budget.
@@ -176,6 +181,8 @@ try {
   const planTypes = Object.fromEntries((await api('POST', '/api/plan', { model, target_bpw: 8,
     rules: (await page.inputValue('textarea[name=rules]')).split('\n').filter(Boolean) })).strategy.tensors.map((t) => [t.name, t.type]));
   await page.goto(`${base.origin}/#/measurements/${job}`);
+  await page.waitForSelector('input[name=tensors]');
+  await page.fill('input[name=tensors]', `^(${kneeNames.map((n) => n.replace(/\./g, '\\.')).join('|')})$`);
   await page.waitForFunction((n) => document.querySelector('canvas#curve')?.dataset.planned === String(n),
     shownNames.filter((n) => {
       const c = res.summary.tensors.find((t) => t.tensor === n)?.types[planTypes[n]];
