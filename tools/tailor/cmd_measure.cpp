@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "pause_signal.h"
 #include "tailor/hub/hub.h"
 #include "tailor/measure/measure.h"
 #include "tailor/util/error.h"
@@ -24,20 +25,6 @@ struct MeasureArgs {
   int64_t job = 0;
   bool json = false, quiet = false;
 };
-
-std::atomic<bool> g_stop{false};
-
-// First Ctrl-C: finish the unit in flight, pause the job, exit. Second: stop at
-// once (the unit in flight is redone on resume; nothing committed is lost).
-void on_sigint(int) {
-  if (g_stop.exchange(true)) {
-    std::signal(SIGINT, SIG_DFL);
-    std::raise(SIGINT);
-    return;
-  }
-  const char msg[] = "\ntailor: pausing after the unit in flight (Ctrl-C again to stop at once)\n";
-  (void)!::write(2, msg, sizeof msg - 1);
-}
 
 std::string cost_cell(const nlohmann::json& c) {
   if (!c.value("applicable", true)) return "n/a";
@@ -84,7 +71,7 @@ void run(MeasureArgs& a) {
     bar->update(p.done_this_run, p.left_at_start);
   };
   g_stop = false;
-  std::signal(SIGINT, on_sigint);
+  std::signal(SIGINT, on_pause_signal);
   measure::RunResult r;
   if (a.job > 0) {
     r = measure::resume_measure(store, a.job, a.model, opt);

@@ -87,22 +87,7 @@ int64_t run_plan(const PlanArgs& a) {
   req.model = a.model;
   req.measurement = store.export_json(job);
   req.target_bpw = a.target_bpw;
-  if (!a.target_size.empty()) {
-    // A recipe name means "no larger than llama.cpp's file of that recipe".
-    if (const Recipe* r = find_recipe(a.target_size)) {
-      int64_t bytes = 0;
-      const RecipePlan rp = plan_recipe(a.model, *r, true);
-      const std::vector<TensorDesc> layout = gguf_tensor_layout(a.model);
-      for (size_t i = 0; i < layout.size(); ++i) {
-        int64_t n = 1;
-        for (int64_t x : layout[i].ne) n *= x;
-        bytes += int64_t(row_size(rp.tensors[i].type, layout[i].ne.at(0))) * (n / layout[i].ne.at(0));
-      }
-      req.target_bytes = bytes;
-    } else {
-      req.target_bytes = plan::parse_size(a.target_size);
-    }
-  }
+  if (!a.target_size.empty()) req.target_bytes = plan::target_size_bytes(a.model, a.target_size);
   req.max_kld = a.max_kld;
   req.max_ppl_increase = a.max_ppl;
   req.rules = a.rules;

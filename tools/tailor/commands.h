@@ -16,6 +16,7 @@ void register_plan(CLI::App& app);
 void register_compare(CLI::App& app);
 void register_pull(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_gradual(CLI::App& app);
 
 // Thrown by a command that must end with a particular exit status (e.g. 130
 // after a Ctrl-C pause); main returns it.

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   tailor::cli::register_compare(app);
   tailor::cli::register_pull(app);
   tailor::cli::register_serve(app);
+  tailor::cli::register_gradual(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -503,6 +503,18 @@ std::optional<Unit> JobStore::claim_next(int64_t job_id) {
   return u;
 }
 
+std::optional<Unit> JobStore::claim_unit(int64_t job_id, const std::string& key) {
+  Db& db = impl_->db;
+  Tx tx(db);
+  Stmt s(db, "SELECT id, attempts FROM units WHERE job_id=? AND key=? AND state='pending'");
+  if (!s.bind(1, job_id).bind(2, key).step()) return std::nullopt;
+  Unit u{s.i64(0), job_id, key, int(s.i64(1)) + 1};
+  Stmt m(db, "UPDATE units SET state='running', attempts=?, started_at=?, error='' WHERE id=?");
+  m.bind(1, u.attempts).bind(2, now_s()).bind(3, u.id).run();
+  tx.commit();
+  return u;
+}
+
 void JobStore::commit_result(int64_t unit_id, const nlohmann::json& metrics) {
   Db& db = impl_->db;
   Tx tx(db);

@@ -97,6 +97,10 @@ class JobStore {
   void begin_work(int64_t job_id);
   // Next pending unit in creation order, marked running; nullopt when none is left.
   std::optional<Unit> claim_next(int64_t job_id);
+  // The pending unit `key`, marked running; nullopt when it is not pending
+  // (done, running elsewhere, or absent). For jobs whose order is decided
+  // while they run (gradual: blocks in the order an analysis gives).
+  std::optional<Unit> claim_unit(int64_t job_id, const std::string& key);
   // Stores the result and marks the unit done in one transaction; finishes the job
   // when it was the last unit. Refuses a unit that is not running.
   void commit_result(int64_t unit_id, const nlohmann::json& metrics);

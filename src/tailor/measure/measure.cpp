@@ -75,12 +75,6 @@ Shard parse_shard(const std::string& s) {
 
 namespace {
 
-GgmlType type_by_name(const std::string& name) {
-  const TypeInfo* t = find_type(name);
-  if (!t) fail("unknown type '{}'", name);
-  return t->type;
-}
-
 nlohmann::json type_names(const std::vector<GgmlType>& v) {
   nlohmann::json a = nlohmann::json::array();
   for (GgmlType t : v) a.push_back(std::string(type_name(t)));
@@ -89,7 +83,7 @@ nlohmann::json type_names(const std::vector<GgmlType>& v) {
 
 std::vector<GgmlType> types_from(const nlohmann::json& a) {
   std::vector<GgmlType> out;
-  for (const auto& n : a) out.push_back(type_by_name(n.get<std::string>()));
+  for (const auto& n : a) out.push_back(type_named(n.get<std::string>()));
   return out;
 }
 
@@ -326,7 +320,7 @@ nlohmann::json run_unit(Context& c, jobs::JobStore& store, int64_t job, const Se
   const size_t bar = key.rfind('|');
   if (bar == std::string::npos) fail("unit '{}' is not tensor|type", key);
   const std::string tensor = key.substr(0, bar);
-  const GgmlType type = type_by_name(key.substr(bar + 1));
+  const GgmlType type = type_named(key.substr(bar + 1));
   const auto idx_it = std::find(c.tensors.begin(), c.tensors.end(), tensor);
   if (idx_it == c.tensors.end()) fail("unit '{}': the model has no tensor {}", key, tensor);
   const Roles roles = roles_for(s, int64_t(idx_it - c.tensors.begin()));

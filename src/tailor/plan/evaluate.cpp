@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "tailor/analysis/local_error.h"
+#include "tailor/quant/codec.h"
 #include "tailor/util/error.h"
 
 namespace tailor::plan {
@@ -33,7 +34,7 @@ AssignmentEvaluator::AssignmentEvaluator(engine::Model& model, const std::vector
                                          int64_t n_ctx, int64_t windows, const eval::Imatrix* imatrix)
     : model_(model), imatrix_(imatrix), cache_(model, eval_tokens, reference_only(n_ctx, windows)) {}
 
-AssignmentResult AssignmentEvaluator::evaluate(const TypeMap& types) {
+AssignmentResult AssignmentEvaluator::evaluate(const TypeMap& types, const Prequantized* blocks) {
   const auto t0 = std::chrono::steady_clock::now();
   for (const auto& [name, type] : types)
     if (!model_.find_weight(name)) fail("assignment names tensor {}, which the model does not have", name);
@@ -49,6 +50,18 @@ AssignmentResult AssignmentEvaluator::evaluate(const TypeMap& types) {
     for (const auto& [name, type] : types) {
       if (type == GgmlType::F32) continue;
       const engine::Weight& w = model_.weight(name);
+      if (blocks != nullptr)
+        if (auto it = blocks->find(name); it != blocks->end()) {
+          if (it->second.size() != row_size(type, w.cols()) * size_t(w.rows()))
+            fail("assignment: {} blocks of {} bytes do not hold {} rows of {} in {}", name,
+                 it->second.size(), w.rows(), w.cols(), type_name(type));
+          engine::Weight q;
+          q.shape = w.shape;
+          q.f32.resize(size_t(w.numel()));
+          dequantize_rows(type, it->second.data(), q.f32.data(), w.rows(), w.cols());
+          originals.emplace_back(name, model_.swap_weight(name, std::move(q)));
+          continue;
+        }
       std::vector<float> imp;
       if (imatrix_)
         if (const eval::ImatrixEntry* e = imatrix_->find(name)) imp = e->values();

@@ -37,8 +37,11 @@ class AssignmentEvaluator {
   AssignmentEvaluator(engine::Model& model, const std::vector<int32_t>& eval_tokens, int64_t n_ctx,
                       int64_t windows, const eval::Imatrix* imatrix);
 
+  // Blocks made elsewhere (trained rounding): GGUF name -> rows of GGML
+  // blocks of the type `types` names, used instead of quantizing.
+  using Prequantized = std::map<std::string, std::vector<uint8_t>>;
   // Quantizes the named tensors, measures, and restores the model (also on error).
-  AssignmentResult evaluate(const TypeMap& types);
+  AssignmentResult evaluate(const TypeMap& types, const Prequantized* blocks = nullptr);
   int64_t windows() const { return cache_.windows(); }
 
  private:

@@ -40,13 +40,21 @@ int64_t parse_size(const std::string& text) {
   return int64_t(bytes);
 }
 
-namespace {
-
-GgmlType type_named(const std::string& name) {
-  const TypeInfo* t = find_type(name);
-  if (!t) fail("unknown type '{}'", name);
-  return t->type;
+int64_t target_size_bytes(const std::string& model, const std::string& text) {
+  const Recipe* r = find_recipe(text);
+  if (r == nullptr) return parse_size(text);
+  const RecipePlan rp = plan_recipe(model, *r, true);
+  const std::vector<TensorDesc> layout = gguf_tensor_layout(model);
+  int64_t bytes = 0;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    int64_t n = 1;
+    for (int64_t x : layout[i].ne) n *= x;
+    bytes += int64_t(row_size(rp.tensors[i].type, layout[i].ne.at(0))) * (n / layout[i].ne.at(0));
+  }
+  return bytes;
 }
+
+namespace {
 
 }  // namespace
 

@@ -19,6 +19,9 @@ namespace tailor::plan {
 // "18MB", "1.5 GiB", "900K", "123456" (bytes); MB/GB are powers of 1000,
 // MiB/GiB of 1024. Error on anything else.
 int64_t parse_size(const std::string& text);
+// A size as parse_size reads it, or a llama.cpp recipe's name (Q4_K_M): the
+// bytes of all weights of `model` (HF folder) quantized by that recipe.
+int64_t target_size_bytes(const std::string& model, const std::string& text);
 
 struct PlanRequest {
   std::string model;          // HF folder (for the tensor list and identity)

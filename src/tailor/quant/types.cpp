@@ -89,4 +89,10 @@ size_t row_size(GgmlType t, int64_t n) {
   return static_cast<size_t>(n / info.block_size) * info.bytes_per_block;
 }
 
+GgmlType type_named(std::string_view name) {
+  const TypeInfo* t = find_type(name);
+  if (t == nullptr) fail("unknown type '{}'", name);
+  return t->type;
+}
+
 }  // namespace tailor

@@ -34,6 +34,8 @@ const TypeInfo* find_type(uint32_t id);
 const TypeInfo* find_type(std::string_view name);
 // Like find_type but throws Error for an unknown type.
 const TypeInfo& type_info(GgmlType t);
+// find_type by name, throwing Error ("unknown type 'X'") when unknown.
+GgmlType type_named(std::string_view name);
 std::span<const TypeInfo> all_types();
 
 inline std::string_view type_name(GgmlType t) { return type_info(t).name; }

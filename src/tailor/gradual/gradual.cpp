@@ -1,0 +1,874 @@
+#include "tailor/gradual/gradual.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "tailor/convert/convert.h"
+#include "tailor/eval/run_eval.h"
+#include "tailor/gradual/trading.h"
+#include "tailor/plan/evaluate.h"
+#include "tailor/plan/planner.h"
+#include "tailor/plan/quantize.h"
+#include "tailor/quant/codec.h"
+#include "tailor/util/atomic_file.h"
+#include "tailor/util/error.h"
+
+namespace tailor::gradual {
+namespace {
+
+using nlohmann::json;
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+json type_list(const std::vector<GgmlType>& v) {
+  json a = json::array();
+  for (GgmlType t : v) a.push_back(std::string(type_name(t)));
+  return a;
+}
+
+std::vector<GgmlType> types_of(const json& a) {
+  std::vector<GgmlType> v;
+  for (const auto& n : a) v.push_back(type_named(n.get<std::string>()));
+  return v;
+}
+
+json importance_options_json(const ImportanceOptions& o) {
+  return {{"n_ctx", o.n_ctx}, {"windows", o.windows}, {"top_k", o.top_k}, {"noise_sigma", o.noise_sigma},
+          {"w_rtn", o.w_rtn}, {"w_upgrade", o.w_upgrade}, {"w_disable", o.w_disable}, {"w_noise", o.w_noise},
+          {"seed", o.seed}, {"layers", o.layers}};
+}
+
+ImportanceOptions importance_options_from_json(const json& j) {
+  ImportanceOptions o;
+  o.n_ctx = j.at("n_ctx").get<int64_t>();
+  o.windows = j.at("windows").get<int64_t>();
+  o.top_k = j.at("top_k").get<int64_t>();
+  o.noise_sigma = j.at("noise_sigma").get<double>();
+  o.w_rtn = j.at("w_rtn").get<double>();
+  o.w_upgrade = j.at("w_upgrade").get<double>();
+  o.w_disable = j.at("w_disable").get<double>();
+  o.w_noise = j.at("w_noise").get<double>();
+  o.seed = j.at("seed").get<uint64_t>();
+  o.layers = j.at("layers").get<bool>();
+  return o;
+}
+
+json phase_json(const TrainPhase& p) { return {{"epochs", p.epochs}, {"lr", p.lr}}; }
+TrainPhase phase_of(const json& j) { return {j.at("epochs").get<int>(), j.at("lr").get<float>()}; }
+
+}  // namespace
+
+std::map<int, std::vector<GgmlType>> default_levels() {
+  using T = GgmlType;
+  return {{8, {T::Q8_0}},
+          {6, {T::Q6_K}},
+          {5, {T::Q5_K, T::Q5_1}},
+          {4, {T::IQ4_XS, T::Q4_K, T::Q4_1}},
+          {3, {T::IQ3_XXS, T::IQ3_S, T::Q3_K}},
+          {2, {T::IQ2_XXS, T::IQ2_XS, T::IQ2_S, T::Q2_K}}};
+}
+
+json Settings::to_json() const {
+  json lv = json::object();
+  for (const auto& [bits, types] : levels) lv[std::to_string(bits)] = type_list(types);
+  json j = {{"text", text},
+            {"eval", eval},
+            {"n_ctx", n_ctx},
+            {"samples", samples},
+            {"train",
+             {{"attn", phase_json(train.attn)},
+              {"mlp", phase_json(train.mlp)},
+              {"joint", phase_json(train.joint)},
+              {"scale_lr_factor", train.scale_lr_factor},
+              {"batch", train.batch},
+              {"adaptive", train.adaptive},
+              {"small_sample", train.small_sample},
+              {"eval_sequences", train.eval_sequences}}},
+            {"ladder", ladder},
+            {"levels", lv},
+            {"max_recover", max_recover},
+            {"importance", importance_options_json(importance)},
+            {"safety", safety},
+            {"genetic", genetic},
+            {"eval_ctx", eval_ctx},
+            {"eval_windows", eval_windows},
+            {"measure", measure.to_json()}};
+  j["max_ppl_increase"] = max_ppl_increase ? json(*max_ppl_increase) : json(nullptr);
+  j["target_bytes"] = target_bytes ? json(*target_bytes) : json(nullptr);
+  return j;
+}
+
+Settings Settings::from_json(const json& j) {
+  try {
+    Settings s;
+    s.text = j.at("text").get<std::string>();
+    s.eval = j.at("eval").get<std::string>();
+    s.n_ctx = j.at("n_ctx").get<int64_t>();
+    s.samples = j.at("samples").get<int64_t>();
+    const json& t = j.at("train");
+    s.train.attn = phase_of(t.at("attn"));
+    s.train.mlp = phase_of(t.at("mlp"));
+    s.train.joint = phase_of(t.at("joint"));
+    s.train.scale_lr_factor = t.at("scale_lr_factor").get<float>();
+    s.train.batch = t.at("batch").get<int64_t>();
+    s.train.adaptive = t.at("adaptive").get<bool>();
+    s.train.small_sample = t.at("small_sample").get<int64_t>();
+    s.train.eval_sequences = t.at("eval_sequences").get<int64_t>();
+    s.ladder = j.at("ladder").get<std::vector<int>>();
+    s.levels.clear();
+    for (const auto& [bits, types] : j.at("levels").items()) s.levels[std::stoi(bits)] = types_of(types);
+    s.max_recover = j.at("max_recover").get<int>();
+    s.importance = importance_options_from_json(j.at("importance"));
+    s.safety = j.at("safety").get<double>();
+    s.genetic = j.at("genetic").get<bool>();
+    s.eval_ctx = j.at("eval_ctx").get<int64_t>();
+    s.eval_windows = j.at("eval_windows").get<int64_t>();
+    s.measure = measure::Settings::from_json(j.at("measure"));
+    if (!j.at("max_ppl_increase").is_null()) s.max_ppl_increase = j.at("max_ppl_increase").get<double>();
+    if (!j.at("target_bytes").is_null()) s.target_bytes = j.at("target_bytes").get<int64_t>();
+    return s;
+  } catch (const json::exception& e) {
+    fail("gradual settings: {}", e.what());
+  }
+}
+
+std::string parts_dir(const jobs::JobStore& store, int64_t job_id) {
+  return store.path() + ".gradual/" + std::to_string(job_id);
+}
+
+namespace {
+
+// Calibration activations at every block boundary of the unquantized model:
+// acts[b] enters block b, acts[L] leaves the last one.
+struct Calibration {
+  int64_t seqs = 0, n_ctx = 0, dim = 0;
+  std::vector<std::vector<float>> acts;
+  BlockData block(int64_t b) const {
+    return {acts[size_t(b)].data(), acts[size_t(b + 1)].data(), seqs, n_ctx, dim};
+  }
+};
+
+Calibration collect_calibration(engine::Model& model, const std::vector<int32_t>& tokens,
+                                int64_t n_ctx, int64_t seqs) {
+  Calibration c;
+  c.n_ctx = n_ctx;
+  c.seqs = std::min<int64_t>(seqs, int64_t(tokens.size()) / n_ctx);
+  c.dim = model.config().hidden_size;
+  const int64_t L = model.num_layers(), per = n_ctx * c.dim;
+  c.acts.assign(size_t(L + 1), std::vector<float>(size_t(c.seqs * per)));
+  const int64_t batch = 16;
+  for (int64_t s0 = 0; s0 < c.seqs; s0 += batch) {
+    const int64_t n = std::min(batch, c.seqs - s0);
+    engine::Sequences seqs_;
+    for (int64_t i = 0; i < n; ++i)
+      seqs_.emplace_back(tokens.begin() + (s0 + i) * n_ctx, tokens.begin() + (s0 + i + 1) * n_ctx);
+    engine::Hidden h = model.embed(seqs_);
+    for (int64_t b = 0; b <= L; ++b) {
+      std::copy(h.data.begin(), h.data.end(), c.acts[size_t(b)].begin() + s0 * per);
+      if (b < L) model.run_block(b, h);
+    }
+  }
+  return c;
+}
+
+struct Context {
+  std::string model_path;
+  Settings s;
+  engine::Model model;
+  eval::Imatrix imatrix;
+  std::vector<int32_t> calib_tokens, eval_tokens;
+  json measurement;  // export of the measure job
+  std::optional<Calibration> calib;
+  Importance importance;
+  std::vector<double> thresholds;  // per block, relative output error
+  double total_budget = 0;         // ΔKL the blocks share
+};
+
+void say(const RunOptions& o, const std::string& line) {
+  if (o.log) o.log(line);
+}
+
+std::string block_name(int64_t layer, int lin) {
+  return fmt::format("blk.{}.{}.weight", layer, lin_name(lin));
+}
+
+bool row_ok(engine::Model& m, int64_t layer, GgmlType t) {
+  for (int i = 0; i < kNumLin; ++i)
+    if (!row_fits(t, m.weight(block_name(layer, i)).cols())) return false;
+  return true;
+}
+
+json types_json(int64_t layer, const LayerTypes& t) {
+  json j = json::object();
+  for (int i = 0; i < kNumLin; ++i) j[block_name(layer, i)] = std::string(type_name(t[size_t(i)]));
+  return j;
+}
+
+LayerTypes types_from(int64_t layer, const json& j) {
+  LayerTypes t{};
+  for (int i = 0; i < kNumLin; ++i) t[size_t(i)] = type_named(j.at(block_name(layer, i)).get<std::string>());
+  return t;
+}
+
+// --- 2. progressive block quantization ------------------------------------
+
+// The type a layer reverts to when `t` is not enough: the next finer type of
+// its bit level, else what the level above chose for it.
+GgmlType finer_type(const Settings& s, GgmlType t, GgmlType above) {
+  for (const auto& [bits, types] : s.levels) {
+    const auto it = std::find(types.begin(), types.end(), t);
+    if (it != types.end() && it + 1 != types.end()) return *(it + 1);
+  }
+  return above;
+}
+
+json progressive_block(Context& c, int64_t layer, int64_t order, const RunOptions& opt) {
+  const double t0 = now_s();
+  const double thr = c.thresholds.at(size_t(layer));
+  const BlockData d = c.calib->block(layer);
+  BlockQuantizer q(c.model, layer, &c.imatrix, c.s.train);
+  LayerTypes best;
+  best.fill(GgmlType::F16);
+  double best_error = 0, best_plain = 0;
+  int best_bits = 16;
+  bool best_trained = false;
+  json best_recovered = json::array(), best_adaptive = nullptr, attempts = json::array();
+  int64_t steps = 0;
+  for (int bits : c.s.ladder) {
+    const auto lv = c.s.levels.find(bits);
+    if (lv == c.s.levels.end()) continue;
+    bool level_ok = false;
+    for (GgmlType t : lv->second) {
+      if (!row_ok(c.model, layer, t)) continue;
+      LayerTypes cfg;
+      cfg.fill(t);
+      q.set_types(cfg);
+      const double plain = q.error(d);
+      double err = plain;
+      json att = {{"type", std::string(type_name(t))}, {"bits", bits}, {"plain_error", plain}};
+      json adaptive = nullptr;
+      bool trained = false;
+      if (err > thr && rounding_trainable(t)) {
+        const TrainReport r = q.train(d, thr);
+        err = r.after;
+        steps += r.steps;
+        trained = true;
+        att["trained_error"] = r.after;
+        att["train"] = r.to_json();
+        adaptive = {{"predicted", r.predicted >= 0 ? json(r.predicted) : json(nullptr)},
+                    {"actual", r.after},
+                    {"stopped_early", r.stopped_early}};
+      }
+      json recovered = json::array();
+      while (err > thr && int(recovered.size()) < c.s.max_recover) {
+        // Which single layer, made finer, lowers the block's error most?
+        int pick = -1;
+        double pick_err = err;
+        GgmlType pick_type = t;
+        const int64_t probe = std::min<int64_t>(d.seqs, c.s.train.eval_sequences);
+        for (int i = 0; i < kNumLin; ++i) {
+          if (q.types()[size_t(i)] != t) continue;
+          const GgmlType f = finer_type(c.s, t, best[size_t(i)]);
+          if (f == t || !row_fits(f, c.model.weight(block_name(layer, i)).cols())) continue;
+          const double e = q.probe(i, f, d, probe);
+          if (pick < 0 || e < pick_err) pick = i, pick_err = e, pick_type = f;
+        }
+        if (pick < 0) break;
+        q.set_type(pick, pick_type);
+        recovered.push_back({{"tensor", block_name(layer, pick)}, {"type", std::string(type_name(pick_type))}});
+        const TrainReport r = q.train(d, thr);
+        steps += r.steps;
+        err = r.after;
+        trained = trained || r.steps > 0;
+      }
+      att["recovered"] = recovered;
+      att["error"] = err;
+      att["ok"] = err <= thr;
+      attempts.push_back(att);
+      say(opt, fmt::format("block {}: {} plain {:.4g}{} -> {:.4g} (budget {:.4g}){}", layer, type_name(t),
+                           plain, trained ? " trained" : "", err, thr, err <= thr ? " ok" : ""));
+      if (err <= thr) {
+        best = q.types();
+        best_error = err;
+        best_plain = plain;
+        best_bits = bits;
+        best_trained = trained;
+        best_recovered = recovered;
+        best_adaptive = adaptive;
+        level_ok = true;
+        break;
+      }
+    }
+    if (!level_ok) break;  // roll back to the level above
+  }
+  q.set_types(best);
+  json r = {{"block", layer},
+            {"order", order},
+            {"types", types_json(layer, best)},
+            {"error", best_error},
+            {"threshold", thr},
+            {"plain_error", best_plain},
+            {"trained", best_trained},
+            {"recovered", json::array()},
+            {"bits", best_bits},
+            {"bytes", q.bytes()},
+            {"seconds", now_s() - t0},
+            {"train_steps", steps},
+            {"adaptive", best_adaptive},
+            {"attempts", attempts}};
+  for (const auto& x : best_recovered) r["recovered"].push_back(x.at("tensor"));
+  return r;
+}
+
+// --- 3. type trading -----------------------------------------------------------
+
+// What training did to a block's error at each type it was trained at:
+// trained / plain, from the progressive attempts without recovery.
+std::map<int64_t, std::map<GgmlType, double>> training_ratios(const std::vector<json>& blocks) {
+  std::map<int64_t, std::map<GgmlType, double>> r;
+  for (const json& b : blocks)
+    for (const json& a : b.at("attempts"))
+      if (a.contains("trained_error") && a.at("plain_error").get<double>() > 0)
+        r[b.at("block").get<int64_t>()][type_named(a.at("type").get<std::string>())] =
+            a.at("trained_error").get<double>() / a.at("plain_error").get<double>();
+  return r;
+}
+
+int64_t layer_of(const std::string& name) {
+  if (name.rfind("blk.", 0) != 0) return -1;
+  return std::stoll(name.substr(4, name.find('.', 4) - 4));
+}
+
+// The importance unit as the GUI reads it (flat per-method shares) with the
+// analysis itself for resuming.
+json importance_unit(const Importance& imp, const std::vector<double>& thr, const Settings& s,
+                     double total_budget) {
+  auto scores = [](json& j, const MethodScores& m) {
+    j["noise"] = m.noise;
+    j["rtn"] = m.rtn;
+    j["disable"] = m.disable;
+    j["upgrade"] = m.upgrade;
+    j["combined"] = m.combined;
+  };
+  json blocks = json::array(), layers = json::array();
+  for (size_t i = 0; i < imp.blocks.size(); ++i) {
+    const BlockImportance& b = imp.blocks[i];
+    json j = {{"block", b.block}, {"gain", b.gain}, {"threshold", thr.at(size_t(b.block))}};
+    scores(j, b.s);
+    json rk = json::object();
+    for (const auto& [bits, v] : b.rtn_kld) rk[std::to_string(bits)] = v;
+    j["rtn_kld"] = rk;
+    blocks.push_back(j);
+  }
+  for (const LayerImportance& l : imp.layers) {
+    json j = {{"name", l.name}, {"block", l.block}};
+    scores(j, l.s);
+    layers.push_back(j);
+  }
+  const ImportanceOptions& o = s.importance;
+  return {{"blocks", blocks},
+          {"layers", layers},
+          {"weights", {{"rtn", o.w_rtn}, {"upgrade", o.w_upgrade}, {"disable", o.w_disable}, {"noise", o.w_noise}}},
+          {"safety", s.safety},
+          {"total_kld_budget", total_budget},
+          {"seconds", imp.seconds},
+          {"analysis", imp.to_json()}};
+}
+
+// Trading options: every planned tensor's measured types, costs scaled by
+// what training did to its block at that type (a type not trained there
+// takes the geometric mean of its ratios elsewhere; plain-only types 1).
+std::vector<TradeLayer> trade_layers(const plan::Plan& p, const std::vector<json>& blocks,
+                                     std::map<std::string, GgmlType> start) {
+  const auto ratios = training_ratios(blocks);
+  std::map<GgmlType, std::pair<double, int>> mean;
+  for (const auto& [b, m] : ratios)
+    for (const auto& [t, r] : m) {
+      mean[t].first += std::log(std::max(r, 1e-6));
+      mean[t].second += 1;
+    }
+  std::vector<TradeLayer> out;
+  for (size_t i = 0; i < p.options.size(); ++i) {
+    const plan::TensorOptions& t = p.options[i];
+    TradeLayer L;
+    L.name = t.name;
+    const int64_t layer = layer_of(t.name);
+    const auto want = start.count(t.name) ? start.at(t.name) : p.allocation.choices[i].type;
+    for (const plan::TypeOption& o : t.options) {
+      if (!row_fits(o.type, t.row_length)) continue;
+      double ratio = 1.0;
+      if (layer >= 0 && rounding_trainable(o.type)) {
+        const auto bit = ratios.find(layer);
+        if (bit != ratios.end() && bit->second.count(o.type)) ratio = bit->second.at(o.type);
+        else if (mean.count(o.type)) ratio = std::exp(mean[o.type].first / mean[o.type].second);
+      }
+      if (o.type == want) L.current = L.options.size();
+      L.options.push_back({o.type, o.bytes, o.cost * ratio});
+    }
+    if (L.options.empty()) fail("gradual: no usable type for {}", t.name);
+    out.push_back(std::move(L));
+  }
+  return out;
+}
+
+void save_part(const std::string& dir, const std::string& tensor, const std::vector<uint8_t>& blocks) {
+  std::filesystem::create_directories(dir);
+  AtomicFile f(dir + "/" + tensor + ".bin");
+  f.write(blocks.data(), blocks.size());
+  f.commit();
+}
+
+std::vector<uint8_t> load_part(const std::string& dir, const std::string& tensor, size_t expect) {
+  const std::string path = dir + "/" + tensor + ".bin";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: trained blocks are missing (the job's folder was removed?)", path);
+  std::vector<uint8_t> b(expect);
+  in.read(reinterpret_cast<char*>(b.data()), std::streamsize(expect));
+  if (size_t(in.gcount()) != expect || in.peek() != EOF)
+    fail("{}: {} bytes expected, the file holds another size", path, expect);
+  return b;
+}
+
+// Advances activations x (seqs x n_ctx rows) through block `layer` with the
+// given dequantized weights.
+void advance(engine::Model& model, int64_t layer, const std::array<const float*, kNumLin>& w,
+             std::vector<float>& x, int64_t seqs, int64_t n_ctx, int64_t batch) {
+  BlockDims dims = block_dims(model);
+  BlockParams p = block_params(model, layer);
+  p.w = w;
+  BlockTape tape(dims);
+  const int64_t per = n_ctx * dims.dim;
+  std::vector<float> y;
+  for (int64_t s0 = 0; s0 < seqs; s0 += batch) {
+    const int64_t n = std::min(batch, seqs - s0);
+    const std::vector<int64_t> lengths(size_t(n), n_ctx);
+    y.resize(size_t(n * per));
+    tape.forward(p, x.data() + s0 * per, lengths, y.data());
+    std::copy(y.begin(), y.end(), x.begin() + s0 * per);
+  }
+}
+
+}  // namespace
+}  // namespace tailor::gradual
+
+namespace tailor::gradual {
+namespace {
+
+std::vector<std::string> unit_keys(int64_t layers) {
+  std::vector<std::string> u{"importance"};
+  for (int64_t b = 0; b < layers; ++b) u.push_back(fmt::format("block.{}", b));
+  u.push_back("trade");
+  for (int64_t b = 0; b < layers; ++b) u.push_back(fmt::format("final.{}", b));
+  u.push_back("validate");
+  return u;
+}
+
+// The plan at the user's budget from the measurement: its options are what
+// trading chooses from, its allocation is the plain-rounding plan of the
+// same size the result is compared with.
+plan::Plan budget_plan(const Context& c) {
+  plan::PlanRequest req;
+  req.model = c.model_path;
+  req.measurement = c.measurement;
+  if (c.s.target_bytes) req.target_bytes = c.s.target_bytes;
+  else req.max_ppl_increase = c.s.max_ppl_increase.value_or(5.0);
+  return plan::make_plan(req);
+}
+
+class Worker {
+ public:
+  Worker(jobs::JobStore& store, int64_t job, Context& c, const RunOptions& opt)
+      : store_(store), job_(job), c_(c), opt_(opt), L_(c.model.num_layers()) {}
+
+  Outcome run();
+
+ private:
+  bool should_stop(Outcome& why);
+  void report(const std::string& unit, const std::string& line);
+  void ensure_calibration();
+  void importance();
+  void blocks();
+  void trade();
+  void finals();
+  void validate();
+  std::vector<json> block_results();
+
+  jobs::JobStore& store_;
+  int64_t job_;
+  Context& c_;
+  const RunOptions& opt_;
+  int64_t L_;
+  int64_t done_ = 0, total_ = 0;
+};
+
+bool Worker::should_stop(Outcome& why) {
+  if (opt_.stop != nullptr && opt_.stop->load()) {
+    store_.pause(job_);
+    why = Outcome::Paused;
+    return true;
+  }
+  const jobs::JobState st = store_.state(job_);
+  if (st == jobs::JobState::Paused) return why = Outcome::Paused, true;
+  if (st == jobs::JobState::Cancelled) return why = Outcome::Cancelled, true;
+  return false;
+}
+
+void Worker::report(const std::string& unit, const std::string& line) {
+  const jobs::JobInfo info = store_.job(job_);
+  store_.log(job_, unit + ": " + line);
+  if (opt_.on_unit) opt_.on_unit({info.units_done, info.units_total, unit, line});
+}
+
+void Worker::ensure_calibration() {
+  if (c_.calib) return;
+  say(opt_, fmt::format("calibration: {} sequences of {} tokens through the unquantized model",
+                        c_.s.samples, c_.s.n_ctx));
+  c_.calib = collect_calibration(c_.model, c_.calib_tokens, c_.s.n_ctx, c_.s.samples);
+}
+
+void Worker::importance() {
+  if (auto u = store_.claim_unit(job_, "importance")) {
+    say(opt_, "importance: noise, RTN, disable and upgrade probes of every block and layer");
+    Importance imp = analyze_importance(c_.model, c_.eval_tokens, c_.s.importance);
+    const plan::Plan p = budget_plan(c_);
+    // The quality the blocks may spend: the user's limit, or what the plain
+    // plan at the memory target is predicted to cost.
+    const double total = c_.s.max_ppl_increase ? std::log1p(*c_.s.max_ppl_increase / 100.0)
+                                               : p.allocation.total_cost;
+    const std::vector<double> thr = block_thresholds(imp, total, c_.s.safety);
+    store_.commit_result(u->id, importance_unit(imp, thr, c_.s, total));
+    report("importance", fmt::format("done in {:.1f} s", imp.seconds));
+  }
+  const auto m = store_.unit_metrics(job_, "importance");
+  if (!m) fail("gradual job {}: the importance analysis is not done", job_);
+  c_.importance = Importance::from_json(m->at("analysis"));
+  c_.total_budget = m->at("total_kld_budget").get<double>();
+  c_.thresholds.assign(size_t(L_), 0.0);
+  for (const json& b : m->at("blocks")) c_.thresholds.at(b.at("block").get<size_t>()) = b.at("threshold").get<double>();
+}
+
+void Worker::blocks() {
+  std::vector<std::pair<double, int64_t>> order;
+  for (const BlockImportance& b : c_.importance.blocks) order.emplace_back(b.s.combined, b.block);
+  std::stable_sort(order.begin(), order.end());
+  for (size_t k = 0; k < order.size(); ++k) {
+    Outcome why;
+    if (should_stop(why)) throw why;
+    const std::string key = fmt::format("block.{}", order[k].second);
+    if (store_.unit_metrics(job_, key)) continue;
+    ensure_calibration();
+    auto u = store_.claim_unit(job_, key);
+    if (!u) continue;
+    const json r = progressive_block(c_, order[k].second, int64_t(k), opt_);
+    store_.commit_result(u->id, r);
+    std::string types;
+    for (const auto& [n, t] : r.at("types").items()) types += (types.empty() ? "" : " ") + t.get<std::string>();
+    report(key, fmt::format("{} error {:.4g} / {:.4g} in {:.1f} s", types, r.at("error").get<double>(),
+                            r.at("threshold").get<double>(), r.at("seconds").get<double>()));
+  }
+}
+
+std::vector<json> Worker::block_results() {
+  std::vector<json> v;
+  for (int64_t b = 0; b < L_; ++b)
+    if (auto m = store_.unit_metrics(job_, fmt::format("block.{}", b))) v.push_back(*m);
+  return v;
+}
+
+void Worker::trade() {
+  auto u = store_.claim_unit(job_, "trade");
+  if (!u) return;
+  const plan::Plan p = budget_plan(c_);
+  std::map<std::string, GgmlType> start;
+  const std::vector<json> br = block_results();
+  for (const json& b : br)
+    for (const auto& [n, t] : b.at("types").items()) start[n] = type_named(t.get<std::string>());
+  const std::vector<TradeLayer> layers = trade_layers(p, br, start);
+  TradeLimits lim;
+  if (c_.s.target_bytes) lim.memory_target = int64_t(p.budget.value);
+  if (c_.s.max_ppl_increase) lim.quality_budget = std::log1p(*c_.s.max_ppl_increase / 100.0);
+  if (!lim.memory_target) {
+    // Quality mode: trades may only make the model smaller.
+    int64_t now = 0;
+    for (const TradeLayer& l : layers) now += l.options[l.current].bytes;
+    lim.memory_target = now;
+  }
+  TradeResult r = greedy_trade(layers, lim);
+  json j = {{"greedy", {{"bytes", r.bytes}, {"cost", r.cost}, {"trades", r.trades.size()}, {"feasible", r.feasible}}}};
+  if (c_.s.genetic) {
+    const TradeResult g = genetic_trade(layers, lim, r);
+    j["genetic"] = {{"bytes", g.bytes}, {"cost", g.cost}, {"feasible", g.feasible}};
+    r = g;
+  }
+  json types = json::object(), plain = json::object();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    types[layers[i].name] = std::string(type_name(layers[i].options[r.choice[i]].type));
+    plain[p.options[i].name] = std::string(type_name(p.allocation.choices[i].type));
+  }
+  j["types"] = types;
+  j["plain_plan"] = plain;  // the same budget by plain rounding (for the report)
+  j["bytes"] = r.bytes + p.fixed_bytes;
+  j["cost"] = r.cost;
+  j["feasible"] = r.feasible;
+  if (!r.feasible) j["problem"] = r.problem;
+  store_.commit_result(u->id, j);
+  report("trade", fmt::format("{} trades, {:.2f} MiB, predicted ΔKL {:.4g}", r.trades.size(),
+                              double(r.bytes + p.fixed_bytes) / (1 << 20), r.cost));
+}
+
+void Worker::finals() {
+  const auto tr = store_.unit_metrics(job_, "trade");
+  if (!tr) fail("gradual job {}: type trading is not done", job_);
+  const std::string dir = parts_dir(store_, job_);
+  std::vector<float> x;  // activations entering block b from the quantized blocks before it
+  for (int64_t b = 0; b < L_; ++b) {
+    Outcome why;
+    if (should_stop(why)) throw why;
+    const std::string key = fmt::format("final.{}", b);
+    const auto done = store_.unit_metrics(job_, key);
+    if (done && b == L_ - 1) break;
+    ensure_calibration();
+    if (x.empty()) x = c_.calib->acts[0];
+    LayerTypes types = types_from(b, tr->at("types"));
+    std::array<std::vector<float>, kNumLin> w;
+    std::array<const float*, kNumLin> wp{};
+    if (done) {
+      for (int i = 0; i < kNumLin; ++i) {
+        const engine::Weight& fw = c_.model.weight(block_name(b, i));
+        const auto blocks = load_part(dir, block_name(b, i), row_size(types[size_t(i)], fw.cols()) * size_t(fw.rows()));
+        w[size_t(i)].resize(size_t(fw.numel()));
+        dequantize_rows(types[size_t(i)], blocks.data(), w[size_t(i)].data(), fw.rows(), fw.cols());
+        wp[size_t(i)] = w[size_t(i)].data();
+      }
+    } else {
+      auto u = store_.claim_unit(job_, key);
+      if (!u) fail("gradual job {}: unit {} is claimed by another worker", job_, key);
+      const Calibration& cal = *c_.calib;
+      const BlockData d{x.data(), cal.acts[size_t(b + 1)].data(), cal.seqs, cal.n_ctx, cal.dim};
+      BlockQuantizer q(c_.model, b, &c_.imatrix, c_.s.train);
+      q.set_types(types);
+      const double thr = c_.thresholds.at(size_t(b));
+      const TrainReport r = q.train(d, thr);
+      for (int i = 0; i < kNumLin; ++i) {
+        save_part(dir, block_name(b, i), q.blocks(i));
+        w[size_t(i)] = q.weights(i);
+        wp[size_t(i)] = w[size_t(i)].data();
+      }
+      json j = {{"block", b}, {"types", types_json(b, types)}, {"threshold", thr}, {"bytes", q.bytes()},
+                {"train", r.to_json()}, {"error", r.after}, {"plain_error", r.before}};
+      store_.commit_result(u->id, j);
+      report(key, fmt::format("error {:.4g} (plain {:.4g}) in {:.1f} s", r.after, r.before, r.seconds));
+    }
+    if (b + 1 < L_) advance(c_.model, b, wp, x, c_.calib->seqs, c_.calib->n_ctx, c_.s.train.batch);
+  }
+}
+
+void Worker::validate() {
+  auto u = store_.claim_unit(job_, "validate");
+  if (!u) return;
+  const auto tr = store_.unit_metrics(job_, "trade");
+  plan::TypeMap types;
+  for (const auto& [n, t] : tr->at("types").items()) types[n] = type_named(t.get<std::string>());
+  plan::AssignmentEvaluator::Prequantized blocks;
+  const std::string dir = parts_dir(store_, job_);
+  for (int64_t b = 0; b < L_; ++b)
+    for (int i = 0; i < kNumLin; ++i) {
+      const std::string n = block_name(b, i);
+      const engine::Weight& w = c_.model.weight(n);
+      blocks[n] = load_part(dir, n, row_size(types.at(n), w.cols()) * size_t(w.rows()));
+    }
+  say(opt_, fmt::format("validation: {} windows of {} tokens of {}", c_.s.eval_windows, c_.s.eval_ctx,
+                        c_.s.eval.empty() ? c_.s.text : c_.s.eval));
+  plan::AssignmentEvaluator ev(c_.model, c_.eval_tokens, c_.s.eval_ctx, c_.s.eval_windows, &c_.imatrix);
+  plan::AssignmentResult r = ev.evaluate(types, &blocks);
+  json upgrades = json::array();
+  // Upgrade selectively while the quality limit is violated: the tensor whose
+  // next finer type buys the most predicted quality per byte, plainly rounded.
+  if (c_.s.max_ppl_increase) {
+    const plan::Plan p = budget_plan(c_);
+    for (int round = 0; round < 6; ++round) {
+      const double inc = 100.0 * (r.report.ppl - r.report.ppl_base) / r.report.ppl_base;
+      if (inc <= *c_.s.max_ppl_increase) break;
+      double best = 0;
+      std::string pick;
+      GgmlType to = GgmlType::F16;
+      for (const plan::TensorOptions& t : p.options) {
+        const GgmlType cur = types.at(t.name);
+        const plan::TypeOption* now = nullptr;
+        for (const auto& o : t.options) if (o.type == cur) now = &o;
+        if (now == nullptr) continue;
+        for (const auto& o : t.options) {
+          if (o.bytes <= now->bytes || o.cost >= now->cost) continue;
+          const double gain = (now->cost - o.cost) / double(o.bytes - now->bytes);
+          if (gain > best) best = gain, pick = t.name, to = o.type;
+        }
+      }
+      if (pick.empty()) break;
+      upgrades.push_back(fmt::format("{}: {} -> {}", pick, type_name(types[pick]), type_name(to)));
+      types[pick] = to;
+      blocks.erase(pick);
+      r = ev.evaluate(types, &blocks);
+    }
+  }
+  plan::TypeMap plain;
+  for (const auto& [n, t] : tr->at("plain_plan").items()) plain[n] = type_named(t.get<std::string>());
+  const plan::AssignmentResult pr = ev.evaluate(plain);
+  const double inc = 100.0 * (r.report.ppl - r.report.ppl_base) / r.report.ppl_base;
+  json j = {{"kld", r.report.kld.mean},
+            {"kld_error", r.report.kld.error},
+            {"ppl_base", r.report.ppl_base},
+            {"ppl", r.report.ppl},
+            {"ppl_increase", inc},
+            {"same_top", r.report.same_top},
+            {"bytes", r.bytes},
+            {"bpw", r.bpw},
+            {"upgrades", upgrades},
+            {"types", json::object()},
+            {"plain_plan", {{"kld", pr.report.kld.mean}, {"kld_error", pr.report.kld.error},
+                            {"ppl", pr.report.ppl}, {"bytes", pr.bytes}, {"bpw", pr.bpw}}}};
+  if (c_.s.target_bytes) j["target_bytes"] = *c_.s.target_bytes;
+  if (c_.s.max_ppl_increase) j["max_ppl_increase"] = *c_.s.max_ppl_increase;
+  j["met"] = (!c_.s.max_ppl_increase || inc <= *c_.s.max_ppl_increase) &&
+             (!c_.s.target_bytes || r.bytes <= *c_.s.target_bytes);
+  for (const auto& [n, t] : types) j["types"][n] = std::string(type_name(t));
+  store_.commit_result(u->id, j);
+  report("validate", fmt::format("mean KLD {:.5f} (plain plan of the same size {:.5f}), PPL {:.3f} ({:+.2f}%), {:.2f} MiB",
+                                 r.report.kld.mean, pr.report.kld.mean, r.report.ppl, inc,
+                                 double(r.bytes) / (1 << 20)));
+}
+
+Outcome Worker::run() {
+  store_.begin_work(job_);
+  try {
+    importance();
+    blocks();
+    trade();
+    finals();
+    validate();
+  } catch (Outcome o) {
+    return o;
+  }
+  return Outcome::Done;
+}
+
+// Writes the GGUF of a finished job: trained blocks for the block matrices
+// the validation kept, plain rounding (with the imatrix) for the rest.
+void write_output(jobs::JobStore& store, int64_t job, Context& c, const std::string& output) {
+  const auto v = store.unit_metrics(job, "validate");
+  if (!v) fail("gradual job {}: not validated yet", job);
+  ConvertOptions co;
+  co.input = c.model_path;
+  co.output = output;
+  for (const auto& [n, t] : v->at("types").items()) co.tensor_types[n] = type_named(t.get<std::string>());
+  const auto tr = store.unit_metrics(job, "trade");
+  const std::string dir = parts_dir(store, job);
+  for (int64_t b = 0; b < c.model.num_layers(); ++b)
+    for (int i = 0; i < kNumLin; ++i) {
+      const std::string n = block_name(b, i);
+      const GgmlType t = co.tensor_types.at(n);
+      if (tr->at("types").at(n).get<std::string>() != type_name(t)) continue;  // upgraded by validation
+      const engine::Weight& w = c.model.weight(n);
+      co.tensor_blocks[n] = load_part(dir, n, row_size(t, w.cols()) * size_t(w.rows()));
+    }
+  co.file_type = plan::dominant_file_type(c.model_path, co.tensor_types);
+  co.imatrix = &c.imatrix;
+  convert_hf_to_gguf(co);
+}
+
+std::unique_ptr<Context> load_context(const std::string& model_path, const Settings& s, jobs::JobStore& store,
+                                      const RunOptions& opt) {
+  auto c = std::make_unique<Context>(Context{model_path, s, engine::Model::load(model_path)});
+  const auto tok = eval::load_model_tokenizer(model_path);
+  c->calib_tokens = eval::tokenize_text_file(*tok, s.text);
+  c->eval_tokens = eval::tokenize_text_file(*tok, s.eval.empty() ? s.text : s.eval);
+  if (int64_t(c->calib_tokens.size()) < s.n_ctx * s.train.batch)
+    fail("{}: {} tokens, fewer than {} sequences of {}", s.text, c->calib_tokens.size(), s.train.batch, s.n_ctx);
+  say(opt, "measurement: per-tensor costs for type trading (tailor measure, resumable)");
+  measure::RunOptions mo;
+  mo.log = opt.log;
+  mo.stop = opt.stop;
+  const measure::RunResult mr = measure::run_measure(store, model_path, s.measure, mo);
+  if (mr.outcome != measure::Outcome::Done) throw Outcome::Paused;
+  c->measurement = store.export_json(mr.job_id);
+  if (auto im = measure::settings_imatrix(c->model, model_path, s.measure)) c->imatrix = std::move(*im);
+  return c;
+}
+
+RunResult finish(jobs::JobStore& store, int64_t job, Context& c, Outcome o, double t0, const RunOptions& opt) {
+  RunResult r;
+  r.job_id = job;
+  r.outcome = o;
+  if (o == Outcome::Done) {
+    if (!opt.output.empty()) {
+      say(opt, "writing " + opt.output);
+      write_output(store, job, c, opt.output);
+    }
+    r.report = store.export_json(job);
+  }
+  r.seconds = now_s() - t0;
+  return r;
+}
+
+RunResult work(jobs::JobStore& store, int64_t job, const std::string& model_path, const Settings& s,
+               const RunOptions& opt) {
+  const double t0 = now_s();
+  if (opt.on_job) opt.on_job(job);
+  std::unique_ptr<Context> c;
+  try {
+    c = load_context(model_path, s, store, opt);
+  } catch (Outcome o) {
+    return RunResult{job, o, now_s() - t0, nullptr};
+  }
+  if (store.job(job).state == jobs::JobState::Done) return finish(store, job, *c, Outcome::Done, t0, opt);
+  Worker w(store, job, *c, opt);
+  Outcome o;
+  try {
+    o = w.run();
+  } catch (const std::exception& e) {
+    store.fail_job(job, e.what());
+    throw;
+  }
+  return finish(store, job, *c, o, t0, opt);
+}
+
+}  // namespace
+
+RunResult run_gradual(jobs::JobStore& store, const std::string& model_path, const Settings& settings,
+                      const RunOptions& opt) {
+  Settings s = settings;
+  if (s.levels.empty()) s.levels = default_levels();
+  if (s.eval.empty()) s.eval = s.text;
+  if (s.measure.text.empty()) s.measure.text = s.text;
+  if (s.measure.eval.empty()) s.measure.eval = s.eval;
+  for (const std::string* f : {&s.text, &s.eval})
+    if (!std::filesystem::is_regular_file(*f)) fail("{}: no such text file", *f);
+  const ModelConfig cfg = load_model_config(model_path);
+  if (cfg.is_moe()) fail("{}: gradual mode trains dense blocks only; {} has experts", model_path, cfg.model_type);
+  jobs::JobSpec spec;
+  spec.kind = "gradual";
+  spec.model.path = std::filesystem::absolute(model_path).lexically_normal().string();
+  spec.model.hash = jobs::model_content_hash(model_path);
+  spec.settings = s.to_json();
+  spec.units = unit_keys(cfg.num_layers);
+  const int64_t job = store.create_job(spec);
+  return work(store, job, model_path, s, opt);
+}
+
+RunResult resume_gradual(jobs::JobStore& store, int64_t job_id, const std::string& model_path,
+                         const RunOptions& opt) {
+  const jobs::JobInfo info = store.job(job_id);
+  if (info.kind != "gradual") fail("job {} is a {} job, not a gradual one", job_id, info.kind);
+  const std::string path = model_path.empty() ? info.model.path : model_path;
+  jobs::check_model_unchanged(info, path);
+  return work(store, job_id, path, Settings::from_json(info.settings), opt);
+}
+
+}  // namespace tailor::gradual

@@ -1,0 +1,90 @@
+// `tailor gradual` as a library: one resumable job in the job store that
+//  1. analyses the importance of every block and layer (importance.h) and
+//     turns the quality limit into a budget per block;
+//  2. walks each block, least important first, down the precision ladder
+//     (8 -> 4 -> 2 bits, each level's types coarse to fine): plain rounding,
+//     then trained rounding when the block's output error is over budget,
+//     then layer-level recovery; the lowest configuration within budget wins;
+//  3. trades types between layers under the memory target (greedy, optionally
+//     genetic), with each tensor's measured cost scaled by what training
+//     achieved on its block;
+//  4. trains every block once more in its final types, in model order, on the
+//     inputs the quantized blocks before it produce;
+//  5. validates the whole model end to end, upgrades tensors while the limits
+//     are violated, and writes a standard GGUF.
+// Units: "importance", "block.N", "trade", "final.N", "validate"; a killed
+// job resumes from the last finished unit. Trained blocks live in files
+// beside the job database until the GGUF is written.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tailor/gradual/importance.h"
+#include "tailor/gradual/trainer.h"
+#include "tailor/jobs/job_store.h"
+#include "tailor/measure/measure.h"
+
+namespace tailor::gradual {
+
+struct Settings {
+  std::string text;  // calibration text
+  std::string eval;  // evaluation text for importance and validation ("" = text)
+  int64_t n_ctx = 128;    // tokens per calibration sequence
+  int64_t samples = 512;  // calibration sequences (the full sample)
+  TrainOptions train;
+  std::vector<int> ladder = {8, 4, 2};
+  // Types per bit level, coarse to fine (least scale overhead first).
+  std::map<int, std::vector<GgmlType>> levels;
+  int max_recover = 3;    // layers reverted per attempt
+  ImportanceOptions importance;
+  double safety = 2.0;
+  std::optional<double> max_ppl_increase;  // percent
+  std::optional<int64_t> target_bytes;     // all weights
+  bool genetic = false;
+  int64_t eval_ctx = 512, eval_windows = 16;
+  measure::Settings measure;  // per-tensor costs for type trading
+
+  nlohmann::json to_json() const;
+  static Settings from_json(const nlohmann::json& j);
+};
+
+std::map<int, std::vector<GgmlType>> default_levels();
+
+struct Progress {
+  int64_t done = 0, total = 0;
+  std::string unit, line;
+};
+
+struct RunOptions {
+  std::string output;  // GGUF written when the job is done ("" = none)
+  const std::atomic<bool>* stop = nullptr;
+  std::function<void(const std::string&)> log;
+  std::function<void(const Progress&)> on_unit;
+  std::function<void(int64_t job)> on_job;
+};
+
+enum class Outcome { Done, Paused, Cancelled };
+
+struct RunResult {
+  int64_t job_id = 0;
+  Outcome outcome = Outcome::Done;
+  double seconds = 0;
+  nlohmann::json report;  // the job's units' results, when done
+};
+
+RunResult run_gradual(jobs::JobStore& store, const std::string& model_path, const Settings& s,
+                      const RunOptions& opt = {});
+RunResult resume_gradual(jobs::JobStore& store, int64_t job_id, const std::string& model_path,
+                         const RunOptions& opt = {});
+
+// Folder of a job's trained blocks (beside the database).
+std::string parts_dir(const jobs::JobStore& store, int64_t job_id);
+
+}  // namespace tailor::gradual

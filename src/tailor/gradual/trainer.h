@@ -1,0 +1,114 @@
+// One transformer block quantized to a type per linear layer, with its
+// rounding trained to imitate the unquantized block: plain rounding first,
+// then signed gradient descent on the rounding parameters (rounding.h) by the
+// block's output error on cached calibration activations (block_grad.h),
+// attention and MLP layers separately, then jointly. Adaptive training runs
+// the schedule on a small sample first, fits the loss curve and stops early
+// when the full sample could not reach the budget.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tailor/engine/model.h"
+#include "tailor/eval/imatrix.h"
+#include "tailor/gradual/block_grad.h"
+#include "tailor/gradual/rounding.h"
+#include "tailor/quant/types.h"
+
+namespace tailor::gradual {
+
+using LayerTypes = std::array<GgmlType, kNumLin>;
+
+struct TrainPhase {
+  int epochs = 0;
+  float lr = 0;  // signed-gradient step of the rounding offsets
+};
+
+struct TrainOptions {
+  // The seeds' schedule (attention 5 epochs, MLP 3, joint 2, rates 1 : 2 :
+  // 0.5). Their rates were for float weights under Adam; rounding offsets
+  // live in [-0.5, 0.5] and move by one sign step each, so the same ratios
+  // are scaled to AutoRound's step size (~1/200 of the offset range).
+  TrainPhase attn{5, 5e-3f}, mlp{3, 1e-2f}, joint{2, 2.5e-3f};
+  float scale_lr_factor = 0.5f;  // scale/min multipliers step this times the offsets' rate
+  int64_t batch = 8;             // sequences per step
+  bool adaptive = true;
+  int64_t small_sample = 128;    // sequences of the first, small run
+  int64_t eval_sequences = 32;   // sequences the best iterate is chosen on
+};
+
+// Calibration activations of one block: inputs and the targets the trained
+// block should reproduce, `seqs` sequences of n_ctx tokens, rows of dim.
+struct BlockData {
+  const float* x = nullptr;
+  const float* y = nullptr;
+  int64_t seqs = 0, n_ctx = 0, dim = 0;
+};
+
+struct TrainReport {
+  double before = 0, after = 0;  // relative output error on all sequences
+  double small_after = -1;       // after the small run (adaptive)
+  double predicted = -1;         // the loss curve's forecast for the full run
+  bool stopped_early = false;    // adaptive: the forecast could not meet the budget, or the small run did
+  bool full_run = false;         // trained on the full sample
+  int64_t steps = 0;
+  double seconds = 0;
+  nlohmann::json to_json() const;
+};
+
+class BlockQuantizer {
+ public:
+  // `model` holds the unquantized (f32) weights of block `layer`; they are
+  // read, never changed. imatrix may be null (unweighted rounding).
+  BlockQuantizer(engine::Model& model, int64_t layer, const eval::Imatrix* imatrix,
+                 TrainOptions opt = {});
+  ~BlockQuantizer();
+
+  // Sets each layer's type, rounding plainly the layers whose type changed
+  // (their training is lost); layers that keep their type keep it.
+  void set_types(const LayerTypes& types);
+  // One layer back to plain rounding at `type`.
+  void set_type(int lin, GgmlType type);
+  const LayerTypes& types() const { return types_; }
+
+  // ||block_q(x) - y||^2 / ||y||^2 over the first `seqs` sequences (-1: all).
+  double error(const BlockData& d, int64_t seqs = -1);
+  // The error with layer `lin` plainly rounded at `type` instead, the block
+  // left as it was (trained layers keep their training).
+  double probe(int lin, GgmlType type, const BlockData& d, int64_t seqs = -1);
+  // Trains the trainable layers; `threshold` (relative error) drives the
+  // adaptive early stop. Keeps the best iterate seen.
+  TrainReport train(const BlockData& d, double threshold);
+
+  const std::vector<uint8_t>& blocks(int lin) const;
+  const std::vector<float>& weights(int lin) const;
+  int64_t bytes() const;  // all seven matrices in their types
+  std::string tensor_name(int lin) const;
+
+ private:
+  struct Layer;
+  void run_schedule(const BlockData& d, int64_t seqs, TrainReport& rep,
+                    std::vector<double>* curve_steps, std::vector<double>* curve_loss);
+  void epoch(const BlockData& d, int64_t seqs, const std::vector<int>& lins, float lr,
+             TrainReport& rep, std::vector<double>* curve_steps, std::vector<double>* curve_loss);
+  BlockParams params() const;
+
+  engine::Model& model_;
+  int64_t layer_;
+  const eval::Imatrix* imatrix_;
+  TrainOptions opt_;
+  BlockDims dims_;
+  BlockParams fp_;
+  LayerTypes types_{};
+  std::vector<std::unique_ptr<Layer>> layers_;
+  BlockTape tape_;
+  std::vector<float> y_, dy_;
+  std::array<std::vector<float>, kNumLin> grads_;
+};
+
+}  // namespace tailor::gradual
