@@ -23,7 +23,7 @@ namespace tailor::cli {
 namespace {
 
 struct GradualArgs {
-  std::string model, db, output, target_size, ladder, importance_weights;
+  std::string model, db, output, target_size, ladder, importance_weights, measure_types;
   std::optional<double> memory_reduction, max_ppl, target_bpw;
   gradual::Settings s;
   int64_t job = 0;
@@ -152,6 +152,7 @@ void run(GradualArgs& a) {
     if (!a.ladder.empty()) a.s.ladder = parse_ladder(a.ladder);
     if (!a.importance_weights.empty()) set_weights(a.s.importance, a.importance_weights);
     if (a.no_adaptive) a.s.train.adaptive = false;
+    if (!a.measure_types.empty()) a.s.measure.types = measure::parse_types(a.measure_types);
     r = gradual::run_gradual(store, a.model, a.s, opt);
   }
   std::signal(SIGINT, SIG_DFL);
@@ -188,7 +189,7 @@ void register_gradual(CLI::App& app) {
   cmd->add_option("model", a->model, "HF model folder (dense llama-family)");
   cmd->add_option("-o,--output", a->output, "GGUF to write when the job is done");
   cmd->add_option("--text", a->s.text, "Calibration text (training activations, importance matrix)");
-  cmd->add_option("--eval", a->s.eval, "Eval text for importance and validation (default: --text)");
+  cmd->add_option("--eval", a->s.eval, "Eval text for the final validation only (default: --text)");
   cmd->add_option("--target-size", a->target_size, "Memory target: size of all weights (18MB, 1.5GiB) or a recipe (Q3_K_M)");
   cmd->add_option("--target-bpw", a->target_bpw, "Memory target in bits per weight");
   cmd->add_option("--target-memory-reduction", a->memory_reduction,
@@ -211,6 +212,12 @@ void register_gradual(CLI::App& app) {
   cmd->add_flag("--genetic", a->s.genetic, "Refine the greedy type trading with a genetic search (50 x 20)");
   cmd->add_option("--windows", a->s.eval_windows, "Validation windows")->capture_default_str();
   cmd->add_option("--eval-ctx", a->s.eval_ctx, "Tokens per validation window")->capture_default_str();
+  cmd->add_option("--measure-types", a->measure_types,
+                  "Types the per-tensor measurement offers type trading (default: Q8_0,Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K,IQ3_S,IQ3_XXS,Q2_K,IQ2_S,IQ2_XS)");
+  cmd->add_option("--measure-windows", a->s.measure.windows, "Eval windows of the per-tensor measurement")->capture_default_str();
+  cmd->add_option("--measure-ctx", a->s.measure.n_ctx, "Tokens per window of the per-tensor measurement")->capture_default_str();
+  cmd->add_option("--importance-windows", a->s.importance.windows, "Windows of the importance analysis")->capture_default_str();
+  cmd->add_option("--importance-ctx", a->s.importance.n_ctx, "Tokens per window of the importance analysis")->capture_default_str();
   cmd->add_option("--job", a->job, "Resume this job id with its own settings");
   cmd->add_option("--db", a->db, "Job database (default: $TAILOR_DB, else $XDG_DATA_HOME/tailor/jobs.db)");
   cmd->add_flag("--json", a->json, "Print the outcome and the job's results as JSON");

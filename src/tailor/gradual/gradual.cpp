@@ -537,7 +537,7 @@ void Worker::ensure_calibration() {
 void Worker::importance() {
   if (auto u = store_.claim_unit(job_, "importance")) {
     say(opt_, "importance: noise, RTN, disable and upgrade probes of every block and layer");
-    Importance imp = analyze_importance(c_.model, c_.eval_tokens, c_.s.importance);
+    Importance imp = analyze_importance(c_.model, c_.calib_tokens, c_.s.importance);
     const plan::Plan p = budget_plan(c_);
     // The quality the blocks may spend: the user's limit, or what the plain
     // plan at the memory target is predicted to cost.
@@ -847,7 +847,9 @@ RunResult run_gradual(jobs::JobStore& store, const std::string& model_path, cons
   if (s.levels.empty()) s.levels = default_levels();
   if (s.eval.empty()) s.eval = s.text;
   if (s.measure.text.empty()) s.measure.text = s.text;
-  if (s.measure.eval.empty()) s.measure.eval = s.eval;
+  if (s.measure.eval.empty()) s.measure.eval = s.text;  // decisions never see the eval text
+  if (s.measure.types.empty())
+    s.measure.types = measure::parse_types("Q8_0,Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K,IQ3_S,IQ3_XXS,Q2_K,IQ2_S,IQ2_XS");
   for (const std::string* f : {&s.text, &s.eval})
     if (!std::filesystem::is_regular_file(*f)) fail("{}: no such text file", *f);
   const ModelConfig cfg = load_model_config(model_path);

@@ -35,7 +35,7 @@ namespace tailor::gradual {
 
 struct Settings {
   std::string text;  // calibration text
-  std::string eval;  // evaluation text for importance and validation ("" = text)
+  std::string eval;  // validation text ("" = text); every decision uses `text` only
   int64_t n_ctx = 128;    // tokens per calibration sequence
   int64_t samples = 512;  // calibration sequences (the full sample)
   TrainOptions train;
@@ -49,7 +49,9 @@ struct Settings {
   std::optional<int64_t> target_bytes;     // all weights
   bool genetic = false;
   int64_t eval_ctx = 512, eval_windows = 16;
-  measure::Settings measure;  // per-tensor costs for type trading
+  // Per-tensor costs for type trading (empty texts and types: the gradual
+  // texts and eleven types from Q8_0 to IQ2_XS).
+  measure::Settings measure;
 
   nlohmann::json to_json() const;
   static Settings from_json(const nlohmann::json& j);
