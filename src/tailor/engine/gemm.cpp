@@ -30,15 +30,21 @@ float dot(const float* x, const float* y, int64_t n) {
 
 // Portable loops without a BLAS: the baseline the benchmark compares against
 // and the fallback that needs no library. Threads split the output columns,
-// so a single-row product (T = 1) still uses every thread.
-void naive_sgemm(bool bt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+// so a single-row product (T = 1) still uses every thread. op(A) = A^T
+// (at) walks A with a stride, but only the fallback and the tests take it.
+void naive_sgemm(bool at, bool bt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads) {
   parallel_for(n, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < m; ++i) {
       float* crow = c + i * ldc;
       for (int64_t j = j0; j < j1; ++j) crow[j] = beta == 0.0f ? 0.0f : beta * crow[j];
       const float* arow = a + i * lda;
-      if (bt) {
+      if (at) {
+        for (int64_t p = 0; p < k; ++p) {
+          const float av = a[p * lda + i];
+          for (int64_t j = j0; j < j1; ++j) crow[j] += av * (bt ? b[j * ldb + p] : b[p * ldb + j]);
+        }
+      } else if (bt) {
         for (int64_t j = j0; j < j1; ++j) crow[j] += dot(arow, b + j * ldb, k);
       } else {
         for (int64_t p = 0; p < k; ++p) {
@@ -83,19 +89,26 @@ GemmImpl default_gemm() {
 
 void sgemm(GemmImpl impl, bool bt, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int threads) {
-  if (m < 0 || n < 0 || k < 0 || lda < k || ldb < (bt ? k : n) || ldc < n)
+  sgemm_ex(impl, false, bt, m, n, k, a, lda, b, ldb, beta, c, ldc, threads);
+}
+
+void sgemm_ex(GemmImpl impl, bool at, bool bt, int64_t m, int64_t n, int64_t k, const float* a,
+              int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+              int threads) {
+  if (m < 0 || n < 0 || k < 0 || lda < (at ? m : k) || ldb < (bt ? k : n) || ldc < n)
     fail("sgemm: bad shape m={} n={} k={} lda={} ldb={} ldc={}", m, n, k, lda, ldb, ldc);
   if (m == 0 || n == 0) return;
   int t = threads > 0 ? threads : default_threads();
   // BLAS libraries reject zero leading dimensions even when k == 0.
   if (k == 0 || impl == GemmImpl::Naive) {
-    naive_sgemm(bt, m, n, k, a, lda, b, ldb, beta, c, ldc, t);
+    naive_sgemm(at, bt, m, n, k, a, lda, b, ldb, beta, c, ldc, t);
     return;
   }
   if (impl == GemmImpl::Dnnl) {
     // oneDNN runs on OpenMP; the thread count is a per-calling-thread setting.
     omp_set_num_threads(t);
-    dnnl_status_t st = dnnl_sgemm('N', bt ? 'T' : 'N', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+    dnnl_status_t st = dnnl_sgemm(at ? 'T' : 'N', bt ? 'T' : 'N', m, n, k, 1.0f, a, lda, b, ldb,
+                                  beta, c, ldc);
     if (st != dnnl_success) fail("sgemm: oneDNN failed (status {}) for m={} n={} k={}",
                                  static_cast<int>(st), m, n, k);
     return;
@@ -105,9 +118,9 @@ void sgemm(GemmImpl impl, bool bt, int64_t m, int64_t n, int64_t k, const float*
   if (std::max({m, n, k, lda, ldb, ldc}) > kIntMax)
     fail("sgemm: m={} n={} k={} exceed OpenBLAS's int dimensions", m, n, k);
   openblas_threads(t);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, bt ? CblasTrans : CblasNoTrans, static_cast<int>(m),
-              static_cast<int>(n), static_cast<int>(k), 1.0f, a, static_cast<int>(lda), b,
-              static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+  cblas_sgemm(CblasRowMajor, at ? CblasTrans : CblasNoTrans, bt ? CblasTrans : CblasNoTrans,
+              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f, a,
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
 }
 
 }  // namespace tailor::engine

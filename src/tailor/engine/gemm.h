@@ -23,5 +23,10 @@ GemmImpl default_gemm();
 void sgemm(GemmImpl impl, bool b_transposed, int64_t m, int64_t n, int64_t k, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
            int threads = 0);
+// The same with op(A) = A^T for A stored [k,m] (a_transposed, lda >= m), as
+// weight gradients dW = dY^T X need.
+void sgemm_ex(GemmImpl impl, bool a_transposed, bool b_transposed, int64_t m, int64_t n,
+              int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+              float* c, int64_t ldc, int threads = 0);
 
 }  // namespace tailor::engine

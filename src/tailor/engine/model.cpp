@@ -465,6 +465,7 @@ int64_t Model::vocab_size() const { return s_->cfg.vocab_size; }
 int64_t Model::num_layers() const { return s_->cfg.num_layers; }
 Backend& Model::backend() { return *s_->backend; }
 void Model::set_linear_hook(LinearHook hook) { s_->hook = std::move(hook); }
+const std::vector<double>& Model::rope_inv_freq() const { return s_->inv_freq; }
 
 const Weight* Model::find_weight(const std::string& name) const {
   auto it = s_->weights.find(name);

@@ -131,6 +131,9 @@ class Model {
 
   // Called after every linear layer; an empty function removes the hook.
   void set_linear_hook(LinearHook hook);
+  // The rope inverse frequencies after any scaling (rot_dim / 2 of them), as
+  // run_block uses them; for code that recomputes a block (training).
+  const std::vector<double>& rope_inv_freq() const;
   Backend& backend();
 
   struct State;
