@@ -122,7 +122,8 @@ eval::KldReport BlockCache::measure_model() {
 }
 
 void BlockCache::run_batch(int64_t entry, int64_t first, int64_t count, eval::KldAccumulator& acc,
-                           std::vector<double>& window_klds) {
+                           std::vector<double>& window_klds, const InputFn& input,
+                           const AfterBlockFn& after_block) {
   engine::Hidden h;
   int64_t start = entry;
   if (entry < 0) {
@@ -133,15 +134,27 @@ void BlockCache::run_batch(int64_t entry, int64_t first, int64_t count, eval::Kl
   } else {
     h.dim = model_.config().hidden_size;
     for (int64_t w = first; w < first + count; ++w) {
-      const auto& in = windows_[size_t(w)].inputs[size_t(entry)];
+      const auto& in = input ? input(w) : windows_[size_t(w)].inputs[size_t(entry)];
+      if (int64_t(in.size()) != opt_.n_ctx * h.dim)
+        fail("block cache: window {} input holds {} floats, not {} x {}", w, in.size(), opt_.n_ctx, h.dim);
       h.lengths.push_back(opt_.n_ctx);
       h.data.insert(h.data.end(), in.begin(), in.end());
     }
   }
-  for (int64_t i = start; i < model_.num_layers(); ++i) model_.run_block(i, h);
+  for (int64_t i = start; i < model_.num_layers(); ++i) {
+    model_.run_block(i, h);
+    if (after_block) after_block(first, i, h);
+  }
   model_.final_logits(h, [&](size_t seq, const float* logits, int64_t length, int64_t vocab) {
     window_klds.push_back(score(windows_[size_t(first) + seq], logits, length, vocab, acc));
   });
+}
+
+const std::vector<float>& BlockCache::block_input(int64_t window, int64_t block) const {
+  if (!opt_.keep_block_inputs) fail("block cache: block inputs were not kept");
+  if (window < 0 || window >= windows() || block < 0 || block > model_.num_layers())
+    fail("block cache: no cached input for window {} of block {}", window, block);
+  return windows_[size_t(window)].inputs[size_t(block)];
 }
 
 namespace {
@@ -241,6 +254,33 @@ EndToEnd BlockCache::measure_naive(const std::string& name, engine::Weight repla
       window_klds.push_back(score(windows_[seq], logits, length, vocab, acc));
     });
   }
+  EndToEnd e = result_of(acc, window_klds);
+  e.windows = n;
+  e.seconds = seconds_since(t0);
+  return e;
+}
+
+EndToEnd BlockCache::measure_from(int64_t first_block, int64_t input_block, int64_t n_windows,
+                                  const InputFn& inputs, const AfterBlockFn& after_block) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t layers = model_.num_layers();
+  if (first_block < 0 || first_block > layers)
+    fail("block cache: first block {} is outside 0..{}", first_block, layers);
+  if (input_block < 0) input_block = first_block;
+  if (input_block > layers) fail("block cache: input block {} is outside 0..{}", input_block, layers);
+  if (!inputs && !opt_.keep_block_inputs) fail("block cache: block inputs were not kept");
+  const int64_t n = n_windows < 0 ? windows() : std::clamp<int64_t>(n_windows, 1, windows());
+  // The windows' own inputs when the caller gives none; the batch starts at
+  // first_block whichever block the input was cached for.
+  const InputFn cached = [&](int64_t w) -> const std::vector<float>& {
+    return windows_[size_t(w)].inputs[size_t(input_block)];
+  };
+  eval::KldAccumulator acc;
+  std::vector<double> window_klds;
+  const int64_t batch = 8;  // windows per pass: bigger products, bounded memory
+  for (int64_t first = 0; first < n; first += batch)
+    run_batch(first_block, first, std::min(batch, n - first), acc, window_klds, inputs ? inputs : cached,
+              after_block);
   EndToEnd e = result_of(acc, window_klds);
   e.windows = n;
   e.seconds = seconds_since(t0);

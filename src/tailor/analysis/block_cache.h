@@ -7,6 +7,7 @@
 // soon as its mean KL divergence is precise enough or clearly negligible.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,25 @@ class BlockCache {
   // against the reference, over every cached window from the embedding.
   eval::KldReport measure_model();
 
+  // The model as it is now (any tensors swapped or blocks changed by the
+  // caller) against the reference over windows [0, n_windows) (-1: all),
+  // running blocks [first_block, L) and the output layer. Each window starts
+  // from `inputs(w)` when given (n_ctx x hidden floats, e.g. the residual
+  // stream of a differently quantized model), else from the cached
+  // unquantized input of `input_block` (-1: of first_block). With
+  // input_block = i and first_block = i + 1, block i is skipped.
+  // `after_block(first_window, block, h)` sees the batch's residual stream
+  // after every block run (windows first_window.. stacked in h).
+  using InputFn = std::function<const std::vector<float>&(int64_t window)>;
+  using AfterBlockFn = std::function<void(int64_t first_window, int64_t block, const engine::Hidden& h)>;
+  EndToEnd measure_from(int64_t first_block, int64_t input_block = -1, int64_t n_windows = -1,
+                        const InputFn& inputs = {}, const AfterBlockFn& after_block = {});
+
+  // The cached unquantized residual stream of window w at the input of block
+  // b (0..L-1) or of the output layer (b = L), n_ctx x hidden floats.
+  const std::vector<float>& block_input(int64_t window, int64_t block) const;
+  int64_t n_ctx() const { return opt_.n_ctx; }
+
   // Where a change to `name` enters: the block index (0..L-1), L for the
   // output layer alone, -1 for the embedding (everything re-runs).
   int64_t entry_block(const std::string& name) const;
@@ -90,8 +110,11 @@ class BlockCache {
   // Adds the window's rows to acc and returns the window's mean KLD.
   double score(const Window& w, const float* logits, int64_t length, int64_t vocab,
                eval::KldAccumulator& acc) const;
+  // Runs windows [first, first + count) from block `entry` (-1: from the
+  // embedding), each starting from input(w) (empty: the cached input of entry).
   void run_batch(int64_t entry, int64_t first, int64_t count, eval::KldAccumulator& acc,
-                 std::vector<double>& window_klds);
+                 std::vector<double>& window_klds, const InputFn& input = {},
+                 const AfterBlockFn& after_block = {});
 
   engine::Model& model_;
   CacheOptions opt_;
