@@ -15,6 +15,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "gradual_fixture.h"
 #include "tailor/jobs/job_store.h"
 #include "tailor/model/inspect.h"
 #include "tailor/plan/strategy.h"
@@ -268,6 +269,82 @@ TEST_F(ServerTest, HuggingFaceIdsResolveThroughTheHubCache) {
 
 // The whole path of the app on llama-30m: measure (paused, resumed, watched
 // over SSE), results, plan, strategy files, quantize, download and compare.
+// A gradual job, written with the JobStore API as the job commits it, comes
+// back regrouped: importance, blocks in processing order, validation.
+TEST_F(ServerTest, GradualJobViewRegroupsItsUnits) {
+  tailor::test::GradualFixture done, running;
+  int64_t measure_job;
+  {
+    tailor::jobs::JobStore st((root / "work" / "jobs.db").string());
+    done = tailor::test::write_gradual_fixture(st, kModel);
+    running = tailor::test::write_gradual_fixture(st, kModel, 8, 3, "running");
+    tailor::jobs::JobSpec spec;
+    spec.kind = "measure";
+    spec.model.path = kModel;
+    spec.units = {"a"};
+    measure_job = st.create_job(spec);
+  }
+  json g = get_json("/api/gradual/" + std::to_string(done.id));
+  EXPECT_EQ(g["job"]["id"], done.id);
+  EXPECT_EQ(g["job"]["kind"], "gradual");
+  EXPECT_EQ(g["job"]["state"], "done");
+  EXPECT_EQ(g["importance"], done.importance);
+  EXPECT_EQ(g["validate"], done.validate);
+  ASSERT_EQ(g["blocks"].size(), 8u);
+  EXPECT_EQ(g["blocks"], done.blocks);
+  // The fixture processes the least important block first.
+  for (size_t k = 1; k < g["blocks"].size(); ++k) {
+    const auto imp = [&](size_t i) {
+      return g["importance"]["blocks"][g["blocks"][i]["block"].get<size_t>()]["combined"].get<double>();
+    };
+    EXPECT_LE(imp(k - 1), imp(k));
+    EXPECT_EQ(g["blocks"][k]["order"], int(k));
+  }
+  EXPECT_TRUE(g["pending"].empty());
+
+  // Still running: the blocks done so far, the rest pending, no validation yet.
+  g = get_json("/api/gradual/" + std::to_string(running.id));
+  EXPECT_EQ(g["job"]["state"], "running");
+  EXPECT_EQ(g["blocks"], running.blocks);
+  EXPECT_EQ(g["blocks"].size(), 3u);
+  EXPECT_TRUE(g["validate"].is_null());
+  ASSERT_EQ(g["pending"].size(), running.pending.size());
+  for (size_t i = 0; i < running.pending.size(); ++i) {
+    EXPECT_EQ(g["pending"][i]["key"], running.pending[i]);
+    EXPECT_EQ(g["pending"][i]["state"], "pending");
+  }
+
+  get_json("/api/gradual/" + std::to_string(measure_job), 400);
+  get_json("/api/gradual/999999", 404);
+}
+
+// Results in an unexpected shape are sorted out, not trusted or crashed on.
+TEST_F(ServerTest, GradualJobViewToleratesOddUnits) {
+  int64_t id;
+  {
+    tailor::jobs::JobStore st((root / "work" / "jobs.db").string());
+    tailor::jobs::JobSpec spec;
+    spec.kind = "gradual";
+    spec.model.path = kModel;
+    spec.units = {"block.0", "block.1", "block.2", "block.3", "block.x", "block.4", "trade"};
+    id = st.create_job(spec);
+    st.begin_work(id);
+    const json metrics[] = {{{"order", 2}}, {{"order", 0}},  {{"order", 1}}, json::array({1, 2}),
+                            {{"order", 5}}, {{"block", 7}}, {{"bytes", 10}}};
+    for (const json& m : metrics) st.commit_result(st.claim_next(id)->id, m);
+  }
+  const json g = get_json("/api/gradual/" + std::to_string(id));
+  std::vector<int64_t> order;
+  for (const auto& b : g["blocks"]) order.push_back(b["block"].get<int64_t>());
+  EXPECT_EQ(order, (std::vector<int64_t>{1, 2, 0, 4}));  // by "order", then those without one; the key names the block
+  EXPECT_TRUE(g["importance"].is_null());
+  EXPECT_TRUE(g["validate"].is_null());
+  ASSERT_EQ(g["pending"].size(), 1u);
+  EXPECT_EQ(g["pending"][0]["key"], "block.3");
+  EXPECT_EQ(g["other"]["block.x"], json({{"order", 5}}));
+  EXPECT_EQ(g["other"]["trade"], json({{"bytes", 10}}));
+}
+
 TEST_F(ServerTest, MeasurePlanQuantizeCompareOnLlama30m) {
   const json req = {{"model", kModel},     {"text", kCalib}, {"eval", kEval},        {"level", "proxy"},
                     {"types", "Q8_0,Q4_K"}, {"ctx", 128},     {"calib_chunks", 2}};

@@ -1,4 +1,6 @@
 // A few DOM helpers so the pages read as what they show.
+import type { Job } from './api';
+
 type Child = Node | string | number | null | undefined | false;
 type Attrs = Record<string, string | number | boolean | EventListener | undefined>;
 
@@ -52,4 +54,10 @@ export function remember(el: HTMLInputElement | HTMLTextAreaElement | HTMLSelect
   const v = localStorage.getItem(`tailor-${key}`);
   if (v !== null) el.value = v;
   el.addEventListener('change', () => localStorage.setItem(`tailor-${key}`, el.value));
+}
+
+// The options of a job picker: "— choose —", then "#ID model (state, done/total)".
+export function jobOptions(jobs: Job[]): HTMLElement[] {
+  return [h('option', { value: '' }, '— choose —'), ...jobs.map((j) => h('option', { value: String(j.id) },
+    `#${j.id} ${j.model.path.split('/').pop()} (${j.state}, ${j.units_done}/${j.units_total})`))];
 }

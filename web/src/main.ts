@@ -1,5 +1,6 @@
 // Tailor's web app: one page per step (jobs, model, measurements, plan,
-// quantize & compare), hash-routed so `tailor serve` needs no routes of its own.
+// quantize & compare, gradual), hash-routed so `tailor serve` needs no routes
+// of its own.
 import './style.css';
 import { events, Snapshot } from './api';
 import { h } from './dom';
@@ -8,6 +9,7 @@ import { modelPage } from './pages/model';
 import { measurementsPage } from './pages/measurements';
 import { planPage } from './pages/plan';
 import { quantizePage } from './pages/quantize';
+import { gradualPage } from './pages/gradual';
 
 export interface Page {
   el: HTMLElement;
@@ -21,6 +23,7 @@ const pages: Record<string, (arg: string) => Page> = {
   measurements: measurementsPage,
   plan: planPage,
   quantize: quantizePage,
+  gradual: gradualPage,
 };
 
 const app = document.getElementById('app')!;

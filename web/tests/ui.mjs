@@ -3,7 +3,10 @@
 // Chromium (playwright-core), checked for what it must show; screenshots go
 // to --out. Usage: node ui.mjs --tailor build/tailor --web build/web/dist
 //                  --shared /work/shared --out DIR [--chromium /usr/bin/chromium]
-import { spawn } from 'node:child_process';
+//                  [--gradual-fixture build/tests/tailor_gradual_fixture] [--gradual-only]
+// The Gradual page is checked on a job the fixture program writes into the
+// store (a real gradual run takes too long here); --gradual-only stops after it.
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -17,6 +20,8 @@ const web = path.resolve(arg('web', 'build/web/dist'));
 const shared = path.resolve(arg('shared', '/work/shared'));
 const out = path.resolve(arg('out', 'ui-out'));
 const browserPath = arg('chromium', '/usr/bin/chromium');
+const gradualFixture = arg('gradual-fixture', '');
+const gradualOnly = process.argv.includes('--gradual-only');
 fs.rmSync(out, { recursive: true, force: true });
 fs.mkdirSync(out, { recursive: true });
 
@@ -31,6 +36,13 @@ const check = (cond, msg) => {
 };
 
 const model = `${shared}/models/llama-30m`;
+// What the fixture committed, to compare the page with.
+const gradual = gradualFixture ? JSON.parse(execFileSync(gradualFixture, [`${out}/jobs.db`, model], { encoding: 'utf8' })) : null;
+// A number as the page shows it (4 significant digits) against the stored one.
+const near = (text, want) => {
+  const got = parseFloat(text);
+  return Math.abs(got - want) <= 1e-3 * Math.abs(want) + 1e-300;
+};
 const server = spawn(tailor, ['serve', '--port', '0', '--db', `${out}/jobs.db`, '--allow', out, '--allow', shared,
   '--web', web, '--hf-token-file', `${out}/hf_token`, '--quiet'], { stdio: ['ignore', 'pipe', 'inherit'] });
 let browser;
@@ -62,6 +74,14 @@ try {
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(url);
+  if (gradual) await checkGradual(page, base);
+  else console.log('skip: no --gradual-fixture, the Gradual page is not checked');
+  if (gradualOnly) {
+    check(errors.length === 0, `no page errors (${errors.join('; ')})`);
+    await browser.close();
+    server.kill('SIGTERM');
+    process.exit(process.exitCode ?? 0);
+  }
   // Jobs: start a measurement from the form, pause and resume it from its row.
   await page.fill('input[name=model]', model);
   await page.fill('input[name=text]', `${shared}/text/calibration.txt`);
@@ -227,4 +247,67 @@ try {
 } finally {
   await browser?.close();
   server.kill('SIGTERM');
+}
+
+// Gradual: the fixture job's importance chart, layer heat table, per-block
+// results and validation show the numbers the job stored.
+async function checkGradual(page, base) {
+  const g = gradual;
+  await page.waitForSelector(`tr[data-job="${g.id}"] a[href="#/gradual/${g.id}"]`, { timeout: 30000 });
+  check(true, `jobs page links gradual job ${g.id} to its results`);
+  await page.click(`tr[data-job="${g.id}"] a[href="#/gradual/${g.id}"]`);
+  await page.waitForSelector('#gradual-blocks tbody tr');
+  const rows = page.locator('#gradual-blocks tbody tr');
+  check(await rows.count() === g.blocks.length, `blocks table has the ${g.blocks.length} blocks`);
+  const order = await rows.evaluateAll((trs) => trs.map((tr) => Number(tr.dataset.block)));
+  check(JSON.stringify(order) === JSON.stringify(g.blocks.map((b) => b.block)), `blocks in processing order (${order.join(' ')})`);
+  const cells = await rows.evaluateAll((trs) => trs.map((tr) =>
+    Object.fromEntries([...tr.querySelectorAll('td[data-col]')].map((td) => [td.dataset.col, { text: td.textContent, title: td.title }]))));
+  const bad = [];
+  g.blocks.forEach((b, i) => {
+    const c = cells[i];
+    const imp = g.importance.blocks.find((x) => x.block === b.block);
+    for (const [col, want] of [['error', b.error], ['threshold', b.threshold], ['plain_error', b.plain_error], ['seconds', b.seconds],
+      ['predicted', b.adaptive.predicted], ['actual', b.adaptive.actual], ['importance', imp.combined]])
+      if (!near(c[col].text, want)) bad.push(`block ${b.block} ${col}: "${c[col].text}" vs ${want}`);
+    if (c.order.text !== String(b.order) || c.bits.text !== String(b.bits)) bad.push(`block ${b.block} order/bits`);
+    for (const [name, type] of Object.entries(b.types))
+      if (!c.types.title.split('\n').includes(`${name}: ${type}`)) bad.push(`block ${b.block} type of ${name}`);
+    if (c.trained.text !== (b.trained ? `✓ ${b.train_steps} steps` : '—')) bad.push(`block ${b.block} trained: "${c.trained.text}"`);
+    if (c.recovered.text !== b.recovered.map((n) => n.replace(/^blk\.\d+\./, '').replace(/\.weight$/, '')).join(', '))
+      bad.push(`block ${b.block} recovered: "${c.recovered.text}"`);
+    if (c.actual.text.includes('stopped early') !== b.adaptive.stopped_early) bad.push(`block ${b.block} stopped early`);
+    if (!c.attempts.text.startsWith(`${b.attempts.length} tried`)) bad.push(`block ${b.block} attempts`);
+  });
+  check(bad.length === 0, `every block row shows its stored results (${bad.slice(0, 5).join('; ')})`);
+
+  // The chart plots weight × score per method, the combined score and the budget, by block index.
+  const blocks = [...g.importance.blocks].sort((a, b) => a.block - b.block);
+  const ds = await page.$eval('canvas#importance-chart', (c) => ({ ...c.dataset }));
+  const contrib = JSON.parse(ds.contrib), combined = JSON.parse(ds.combined), threshold = JSON.parse(ds.threshold);
+  const w = g.importance.weights;
+  const chartOk = Number(ds.blocks) === blocks.length && blocks.every((b, i) => combined[i] === b.combined &&
+    threshold[i] === b.threshold && ['rtn', 'upgrade', 'disable', 'noise'].every((m) => Math.abs(contrib[m][i] - w[m] * b[m]) < 1e-12));
+  check(chartOk && await page.locator('canvas#importance-chart').isVisible(),
+    `importance chart: ${blocks.length} blocks of weighted method scores, combined score and budget as stored`);
+
+  // Heat table: one row per block, each cell the layer's chosen score.
+  const heatRows = await page.locator('#layer-heat tbody tr').count();
+  const heatCells = async () => page.$$eval('#layer-heat td[data-layer]', (tds) => tds.map((td) => [td.dataset.layer, td.textContent]));
+  const heatMatches = (shown, score) => shown.length === g.importance.layers.length &&
+    shown.every(([name, text]) => near(text, g.importance.layers.find((l) => l.name === name)[score]));
+  check(heatRows === blocks.length && heatMatches(await heatCells(), 'combined'),
+    `layer heat table: ${heatRows} blocks × layers of combined scores`);
+  await page.selectOption('select[name=heat-score]', 'rtn');
+  check(heatMatches(await heatCells(), 'rtn'), 'layer heat table switches to the RTN scores');
+
+  // Validation summary.
+  const v = g.validate;
+  const vrow = (k) => page.textContent(`#gradual-validate tr[data-key="${k}"] td`);
+  check(near(await vrow('kld'), v.kld) && (await vrow('bytes')).includes(`(${v.bytes} bytes)`) &&
+    (await vrow('target_bytes')).includes(`(${v.target_bytes} bytes)`) && near(await vrow('bpw'), v.bpw) &&
+    near(await vrow('ppl_increase'), 100 * v.ppl_increase) && (await vrow('upgrades')) === v.upgrades.join(', ') &&
+    (await vrow('output')) === v.output, `validation: KLD ${v.kld}, ${v.bytes} bytes, ${v.bpw} bpw as stored`);
+  await page.screenshot({ path: `${out}/gradual.png`, fullPage: true });
+  await page.goto(`${base.origin}/#/jobs`);
 }

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -133,6 +134,41 @@ std::string default_hf_token_file() {
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// A gradual job's export regrouped for the app: the importance analysis, the
+// blocks done so far in the order they were processed, the final validation,
+// and the units not done yet. Results are whatever the job committed; a unit
+// whose metrics are not an object is listed as not done rather than trusted.
+json gradual_view(const json& exported) {
+  json out = {{"job", exported["job"]},     {"importance", nullptr}, {"blocks", json::array()},
+              {"validate", nullptr},        {"pending", json::array()}, {"other", json::object()}};
+  for (const auto& u : exported["units"]) {
+    const std::string key = u.value("key", "");
+    const json& m = u["metrics"];
+    if (u.value("state", "") != "done" || !m.is_object()) {
+      out["pending"].push_back({{"key", key}, {"state", u.value("state", "")}});
+    } else if (key == "importance") {
+      out["importance"] = m;
+    } else if (key == "validate") {
+      out["validate"] = m;
+    } else if (key.rfind("block.", 0) == 0 && key.size() > 6 && key.size() < 16 &&
+               key.find_first_not_of("0123456789", 6) == std::string::npos) {
+      json b = m;
+      b["block"] = std::stoll(key.substr(6));  // the key names the block, whatever the metrics say
+      out["blocks"].push_back(std::move(b));
+    } else {
+      out["other"][key] = m;  // units a later version of the job may add
+    }
+  }
+  // Processing order ("order"), blocks without one last, by index.
+  auto order = [](const json& b) {
+    const json o = b.value("order", json());
+    return std::pair{o.is_number() ? o.get<double>() : 1e300, b["block"].get<int64_t>()};
+  };
+  std::stable_sort(out["blocks"].begin(), out["blocks"].end(),
+                   [&](const json& a, const json& b) { return order(a) < order(b); });
+  return out;
 }
 
 }  // namespace
@@ -466,6 +502,15 @@ void Server::Impl::routes() {
     const jobs::JobInfo info = job_or_404(st, id);
     json out = st.export_json(id);
     if (info.kind == "measure") out["summary"] = measure::summarize(out);
+    return out;
+  }));
+  http.Get(R"(/api/gradual/(\d+))", wrap([this](const httplib::Request& req) {
+    jobs::JobStore st = store();
+    const int64_t id = path_id(req);
+    const jobs::JobInfo info = job_or_404(st, id);
+    if (info.kind != "gradual") refuse(400, fmt::format("job {} is a {} job, not a gradual one", id, info.kind));
+    json out = gradual_view(st.export_json(id));
+    out["job"] = jobs::job_json(info);
     return out;
   }));
   http.Post(R"(/api/jobs/(\d+)/(pause|resume|cancel))", wrap([this](const httplib::Request& req) {

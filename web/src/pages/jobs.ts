@@ -44,7 +44,8 @@ export function jobsPage(): Page {
         ['queued', 'running'].includes(j.state) && h('button', { onclick: act(j.id, 'pause') }, 'Pause'),
         ['paused', 'failed'].includes(j.state) && h('button', { onclick: act(j.id, 'resume') }, 'Resume'),
         !['done', 'cancelled'].includes(j.state) && h('button', { onclick: act(j.id, 'cancel') }, 'Cancel'),
-        j.kind === 'measure' && h('a', { href: `#/measurements/${j.id}` }, 'results')));
+        j.kind === 'measure' && h('a', { href: `#/measurements/${j.id}` }, 'results'),
+        j.kind === 'gradual' && h('a', { href: `#/gradual/${j.id}` }, 'results')));
 
   const taskRow = (t: Task) =>
     h('tr', { 'data-task': t.id },

@@ -1,6 +1,6 @@
 import { Chart, registerables } from 'chart.js';
 import { get, Job, post, Snapshot } from '../api';
-import { error, field, h, input, layerKind } from '../dom';
+import { error, field, h, input, jobOptions, layerKind } from '../dom';
 import type { Page } from '../main';
 
 Chart.register(...registerables);
@@ -169,8 +169,7 @@ export function measurementsPage(arg: string): Page {
       if (key === jobsSeen) return;
       jobsSeen = key;
       const keep = pick.value || arg;
-      pick.replaceChildren(h('option', { value: '' }, '— choose —'),
-        ...ms.map((j) => h('option', { value: String(j.id) }, `#${j.id} ${j.model.path.split('/').pop()} (${j.state}, ${j.units_done}/${j.units_total})`)));
+      pick.replaceChildren(...jobOptions(ms));
       if (keep && ms.some((j) => String(j.id) === keep)) {
         const changed = pick.value !== keep;
         pick.value = keep;
