@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli_runner.h"
+#include "llama30m_fixture.h"
 #include "sqlite_test_util.h"
 #include "tailor/analysis/predict.h"
 #include "tailor/measure/measure.h"
@@ -31,17 +32,12 @@ using tailor::test::run_cli;
 
 namespace {
 
-const std::string kShared = TAILOR_SHARED_DIR;
-const std::string kModel = kShared + "/models/llama-30m";
-const std::string kCalib = kShared + "/text/calibration.txt";
-const std::string kEval = kShared + "/text/eval.txt";
+using tailor::test::kCalib;
+using tailor::test::kEval;
+using tailor::test::kModel;
+using tailor::test::kShared;
 
-std::string scratch(const std::string& name) {
-  const fs::path p = fs::path(tailor::test::temp_dir()) / "measure" / name;
-  fs::create_directories(p.parent_path());
-  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(p.string() + suffix);
-  return p.string();
-}
+std::string scratch(const std::string& name) { return tailor::test::scratch_file("measure", name); }
 
 // key -> metrics of the done units of a job.
 std::map<std::string, nlohmann::json> results(jobs::JobStore& store, int64_t job) {

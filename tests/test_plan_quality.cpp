@@ -12,6 +12,7 @@
 #include <regex>
 
 #include "cli_runner.h"
+#include "llama30m_fixture.h"
 #include "tailor/engine/model.h"
 #include "tailor/eval/run_eval.h"
 #include "tailor/formats/gguf.h"
@@ -25,18 +26,13 @@ using tailor::test::run_cli;
 
 namespace {
 
-const std::string kShared = TAILOR_SHARED_DIR;
-const std::string kModel = kShared + "/models/llama-30m";
-const std::string kCalib = kShared + "/text/calibration.txt";
-const std::string kEval = kShared + "/text/eval.txt";
+using tailor::test::kCalib;
+using tailor::test::kEval;
+using tailor::test::kModel;
+using tailor::test::kShared;
 const std::string kTypes = "Q8_0,Q6_K,Q5_K,Q4_K,IQ4_XS,Q3_K,IQ3_S,IQ3_XXS,Q2_K,IQ2_S,IQ2_XS";
 
-std::string scratch(const std::string& name) {
-  const fs::path p = fs::path(tailor::test::temp_dir()) / "plan" / name;
-  fs::create_directories(p.parent_path());
-  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(p.string() + suffix);
-  return p.string();
-}
+std::string scratch(const std::string& name) { return tailor::test::scratch_file("plan", name); }
 
 // One measurement shared by the tests of this program (kld level).
 struct Fixture {

@@ -695,7 +695,7 @@ void Worker::validate() {
   if (c_.s.max_ppl_increase) {
     const plan::Plan p = budget_plan(c_);
     for (int round = 0; round < 6; ++round) {
-      const double inc = 100.0 * (r.report.ppl - r.report.ppl_base) / r.report.ppl_base;
+      const double inc = 100.0 * (r.report.ppl.value - r.report.ppl_base.value) / r.report.ppl_base.value;
       if (inc <= *c_.s.max_ppl_increase) break;
       double best = 0;
       std::string pick;
@@ -721,19 +721,19 @@ void Worker::validate() {
   plan::TypeMap plain;
   for (const auto& [n, t] : tr->at("plain_plan").items()) plain[n] = type_named(t.get<std::string>());
   const plan::AssignmentResult pr = ev.evaluate(plain);
-  const double inc = 100.0 * (r.report.ppl - r.report.ppl_base) / r.report.ppl_base;
-  json j = {{"kld", r.report.kld.mean},
+  const double inc = 100.0 * (r.report.ppl.value - r.report.ppl_base.value) / r.report.ppl_base.value;
+  json j = {{"kld", r.report.kld.value},
             {"kld_error", r.report.kld.error},
-            {"ppl_base", r.report.ppl_base},
-            {"ppl", r.report.ppl},
+            {"ppl_base", r.report.ppl_base.value},
+            {"ppl", r.report.ppl.value},
             {"ppl_increase", inc},
-            {"same_top", r.report.same_top},
+            {"same_top", r.report.same_top.value},
             {"bytes", r.bytes},
             {"bpw", r.bpw},
             {"upgrades", upgrades},
             {"types", json::object()},
-            {"plain_plan", {{"kld", pr.report.kld.mean}, {"kld_error", pr.report.kld.error},
-                            {"ppl", pr.report.ppl}, {"bytes", pr.bytes}, {"bpw", pr.bpw}}}};
+            {"plain_plan", {{"kld", pr.report.kld.value}, {"kld_error", pr.report.kld.error},
+                            {"ppl", pr.report.ppl.value}, {"bytes", pr.bytes}, {"bpw", pr.bpw}}}};
   if (c_.s.target_bytes) j["target_bytes"] = *c_.s.target_bytes;
   if (c_.s.max_ppl_increase) j["max_ppl_increase"] = *c_.s.max_ppl_increase;
   j["met"] = (!c_.s.max_ppl_increase || inc <= *c_.s.max_ppl_increase) &&
@@ -741,7 +741,7 @@ void Worker::validate() {
   for (const auto& [n, t] : types) j["types"][n] = std::string(type_name(t));
   store_.commit_result(u->id, j);
   report("validate", fmt::format("mean KLD {:.5f} (plain plan of the same size {:.5f}), PPL {:.3f} ({:+.2f}%), {:.2f} MiB",
-                                 r.report.kld.mean, pr.report.kld.mean, r.report.ppl, inc,
+                                 r.report.kld.value, pr.report.kld.value, r.report.ppl.value, inc,
                                  double(r.bytes) / (1 << 20)));
 }
 
@@ -778,7 +778,7 @@ void write_output(jobs::JobStore& store, int64_t job, Context& c, const std::str
       const engine::Weight& w = c.model.weight(n);
       co.tensor_blocks[n] = load_part(dir, n, row_size(t, w.cols()) * size_t(w.rows()));
     }
-  co.file_type = plan::dominant_file_type(c.model_path, co.tensor_types);
+  co.file_type = dominant_file_type(c.model_path, co.tensor_types);
   co.imatrix = &c.imatrix;
   convert_hf_to_gguf(co);
 }
@@ -856,8 +856,7 @@ RunResult run_gradual(jobs::JobStore& store, const std::string& model_path, cons
   if (cfg.is_moe()) fail("{}: gradual mode trains dense blocks only; {} has experts", model_path, cfg.model_type);
   jobs::JobSpec spec;
   spec.kind = "gradual";
-  spec.model.path = std::filesystem::absolute(model_path).lexically_normal().string();
-  spec.model.hash = jobs::model_content_hash(model_path);
+  spec.model = jobs::local_model_ref(model_path);
   spec.settings = s.to_json();
   spec.units = unit_keys(cfg.num_layers);
   const int64_t job = store.create_job(spec);

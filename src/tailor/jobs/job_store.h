@@ -137,6 +137,8 @@ class JobStore {
 // safetensors/GGUF header (not the tensor data, so it is quick on big models).
 // `path` is a model folder or a single .safetensors/.gguf file.
 std::string model_content_hash(const std::string& path);
+// A job's reference to a model on disk: its absolute path and content hash.
+ModelRef local_model_ref(const std::string& path);
 // Throws Error when the files at `path` no longer hash to the job's model hash.
 void check_model_unchanged(const JobInfo& job, const std::string& path);
 

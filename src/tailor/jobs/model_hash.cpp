@@ -102,4 +102,11 @@ void check_model_unchanged(const JobInfo& job, const std::string& path) {
          now, job.model.hash);
 }
 
+ModelRef local_model_ref(const std::string& path) {
+  ModelRef m;
+  m.path = std::filesystem::absolute(path).lexically_normal().string();
+  m.hash = model_content_hash(path);
+  return m;
+}
+
 }  // namespace tailor::jobs

@@ -492,8 +492,7 @@ RunResult run_measure(jobs::JobStore& store, const std::string& model_path, cons
     fail("{}: no such imatrix file", s.imatrix);
   jobs::JobSpec spec;
   spec.kind = "measure";
-  spec.model.path = std::filesystem::absolute(model_path).lexically_normal().string();
-  spec.model.hash = jobs::model_content_hash(model_path);
+  spec.model = jobs::local_model_ref(model_path);
   spec.settings = s.to_json();
   auto ctx = load_context(model_path, s);
   spec.units = unit_keys(ctx->tensors, s, opt.shard);
