@@ -210,7 +210,8 @@ TEST(GradualOps, NegativeChecks) {
   }
 }
 
-// A tiny random block (dim 16, 4 heads over 2 kv heads of 4, ff 24) in double.
+// A tiny random block (dim 16, 4 heads over 2 kv heads of 4, ff 24) in double,
+// two sequences of 5 and 3 tokens.
 struct TinyBlock {
   BlockDims d;
   std::vector<Vec> w;
@@ -257,7 +258,8 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
     grads.emplace_back(b.w[size_t(i)].size());
     gp[i] = grads.back().data();
   }
-  tape.backward(b.params(), b.r.data(), gp);
+  Vec dx(b.x.size());
+  tape.backward(b.params(), b.r.data(), gp, dx.data());
   auto loss = [&] {
     BasicBlockTape<double> t(b.d);
     t.forward(b.params(), b.x.data(), b.lengths, b.y.data());
@@ -266,6 +268,13 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
   for (int i = 0; i < kNumLin; ++i)
     EXPECT_LT(fd_error(b.w[size_t(i)], grads[size_t(i)], loss), kTol)
         << lin_name(i) << " qk_norm " << qk_norm << " rope half " << rope_half;
+  EXPECT_LT(fd_error(b.x, dx, loss), kTol) << "input, qk_norm " << qk_norm;
+
+  // The input gradient alone, written over dy (the aliasing backward allows).
+  Vec dy = b.r;
+  tape.forward(b.params(), b.x.data(), b.lengths, b.y.data());
+  tape.backward(b.params(), dy.data(), {}, dy.data());
+  for (size_t j = 0; j < dx.size(); ++j) ASSERT_NEAR(dy[j], dx[j], 1e-12) << "input alone";
 
   // Asking for a subset runs less of the backward but must give the same values.
   for (std::vector<int> subset : {std::vector<int>{kDown}, std::vector<int>{kGate, kUp},

@@ -65,9 +65,12 @@ class BasicBlockTape {
   // starts at position 0), keeping what backward needs. y may alias x.
   void forward(const BasicBlockParams<T>& p, const T* x, std::span<const int64_t> lengths, T* y);
   // After forward: gradients of L = sum(dy * y) w.r.t. each linear weight
-  // whose grads[i] != nullptr ([out][in], overwritten). Only the part of the
-  // backward those weights need runs (MLP-only grads skip attention).
-  void backward(const BasicBlockParams<T>& p, const T* dy, std::array<T*, kNumLin> grads);
+  // whose grads[i] != nullptr ([out][in], overwritten), and w.r.t. the
+  // block's input x when dx != nullptr ([rows][dim]; may alias dy), so
+  // gradients can flow on to earlier blocks. Only the part of the backward
+  // those outputs need runs (MLP-only grads skip attention).
+  void backward(const BasicBlockParams<T>& p, const T* dy, std::array<T*, kNumLin> grads,
+                T* dx = nullptr);
 
   const BlockDims& dims() const { return d_; }
 
