@@ -294,6 +294,24 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
   }
 }
 
+// forward_mlp after changing only MLP weights equals a whole forward.
+TEST(GradualBlock, ForwardMlpReusesAttention) {
+  TinyBlock b(false, 2);
+  BasicBlockTape<double> tape(b.d), fresh(b.d);
+  tape.forward(b.params(), b.x.data(), b.lengths, b.y.data());
+  for (int i : {kGate, kDown})
+    for (double& v : b.w[size_t(i)]) v *= 1.1;
+  Vec y1(b.y.size()), y2(b.y.size());
+  tape.forward_mlp(b.params(), y1.data());
+  fresh.forward(b.params(), b.x.data(), b.lengths, y2.data());
+  double changed = 0;
+  for (size_t i = 0; i < y1.size(); ++i) {
+    ASSERT_NEAR(y1[i], y2[i], 1e-12);
+    changed = std::max(changed, std::fabs(y1[i] - b.y[i]));
+  }
+  EXPECT_GT(changed, 1e-3);
+}
+
 TEST(GradualBlock, WeightGradsMatchFiniteDifferences) { check_block_grads(false, 2); }
 TEST(GradualBlock, WeightGradsWithQkNormAndPartialRope) { check_block_grads(true, 1); }
 

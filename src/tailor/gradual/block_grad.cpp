@@ -450,7 +450,14 @@ void BasicBlockTape<T>::forward(const BasicBlockParams<T>& p, const T* x,
   each(ex_, rows, D, [&](int64_t r) {
     for (int64_t i = r * D; i < (r + 1) * D; ++i) h[i] += xs[i];
   });
+  forward_mlp(p, y);
+}
 
+template <typename T>
+void BasicBlockTape<T>::forward_mlp(const BasicBlockParams<T>& p, T* y) {
+  if (rows_ == 0) fail("gradual block: forward_mlp before forward");
+  const int64_t rows = rows_, D = d_.dim, F = d_.ff;
+  const T* h = h_.data();
   T* xn2 = grow(xn2_, rows * D);
   T* g = grow(g_, rows * F);
   T* u = grow(u_, rows * F);
