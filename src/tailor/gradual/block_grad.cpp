@@ -400,7 +400,7 @@ void BasicBlockTape<T>::forward(const BasicBlockParams<T>& p, const T* x,
     fail("gradual block: a norm weight is missing");
   if (lengths.empty() || std::any_of(lengths.begin(), lengths.end(), [](int64_t n) { return n <= 0; }))
     fail("gradual block: the batch needs sequences of positive lengths");
-  const int64_t D = d_.dim, F = d_.ff, hd = d_.head_dim;
+  const int64_t D = d_.dim, hd = d_.head_dim;
   const int64_t qd = d_.n_heads * hd, kd = d_.n_kv_heads * hd;
   const int64_t half = static_cast<int64_t>(d_.inv_freq.size());
   int64_t rows = 0;
