@@ -1,7 +1,8 @@
 // One training step's block work for gradual quantization: llama-30m block 0
 // on a batch of 8 sequences x 128 tokens (embeddings of calibration-like
-// ids), forward alone, forward + backward of every weight gradient, and
-// forward + backward of the MLP gradients only. Compare the last two with the
+// ids), forward alone, forward + backward of every weight gradient,
+// forward + backward of the MLP gradients only, and the same with the MLP
+// half alone recomputed (forward_mlp). Compare the last two with the
 // first for the backward's cost.
 #include <array>
 #include <random>
@@ -69,6 +70,21 @@ void run_step(benchmark::State& state, bool mlp_only) {
     benchmark::DoNotOptimize(g[gradual::kDown]);
   }
 }
+
+// An MLP-only training step as it can run: forward_mlp on the kept attention half.
+void BM_BlockMlpStep(benchmark::State& state) {
+  Setup& s = setup();
+  gradual::BlockTape tape(s.d);
+  tape.forward(s.p, s.h.data.data(), s.h.lengths, s.y.data());
+  std::array<float*, gradual::kNumLin> g{};
+  for (int i = gradual::kGate; i < gradual::kNumLin; ++i) g[i] = s.grads[size_t(i)].data();
+  for (auto _ : state) {
+    tape.forward_mlp(s.p, s.y.data());
+    tape.backward(s.p, s.dy.data(), g);
+    benchmark::DoNotOptimize(g[gradual::kDown]);
+  }
+}
+BENCHMARK(BM_BlockMlpStep)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_BlockForwardBackwardAll(benchmark::State& state) { run_step(state, false); }
 void BM_BlockForwardBackwardMlp(benchmark::State& state) { run_step(state, true); }

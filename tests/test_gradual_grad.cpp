@@ -210,7 +210,8 @@ TEST(GradualOps, NegativeChecks) {
   }
 }
 
-// A tiny random block (dim 16, 4 heads over 2 kv heads of 4, ff 24) in double.
+// A tiny random block (dim 16, 4 heads over 2 kv heads of 4, ff 24) in double,
+// two sequences of 5 and 3 tokens.
 struct TinyBlock {
   BlockDims d;
   std::vector<Vec> w;
@@ -257,7 +258,8 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
     grads.emplace_back(b.w[size_t(i)].size());
     gp[i] = grads.back().data();
   }
-  tape.backward(b.params(), b.r.data(), gp);
+  Vec dx(b.x.size());
+  tape.backward(b.params(), b.r.data(), gp, dx.data());
   auto loss = [&] {
     BasicBlockTape<double> t(b.d);
     t.forward(b.params(), b.x.data(), b.lengths, b.y.data());
@@ -266,6 +268,13 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
   for (int i = 0; i < kNumLin; ++i)
     EXPECT_LT(fd_error(b.w[size_t(i)], grads[size_t(i)], loss), kTol)
         << lin_name(i) << " qk_norm " << qk_norm << " rope half " << rope_half;
+  EXPECT_LT(fd_error(b.x, dx, loss), kTol) << "input, qk_norm " << qk_norm;
+
+  // The input gradient alone, written over dy (the aliasing backward allows).
+  Vec dy = b.r;
+  tape.forward(b.params(), b.x.data(), b.lengths, b.y.data());
+  tape.backward(b.params(), dy.data(), {}, dy.data());
+  for (size_t j = 0; j < dx.size(); ++j) ASSERT_NEAR(dy[j], dx[j], 1e-12) << "input alone";
 
   // Asking for a subset runs less of the backward but must give the same values.
   for (std::vector<int> subset : {std::vector<int>{kDown}, std::vector<int>{kGate, kUp},
@@ -283,6 +292,24 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
       for (size_t j = 0; j < grads[size_t(i)].size(); ++j)
         ASSERT_NEAR(sg[size_t(i)][j], grads[size_t(i)][j], 1e-12) << lin_name(i);
   }
+}
+
+// forward_mlp after changing only MLP weights equals a whole forward.
+TEST(GradualBlock, ForwardMlpReusesAttention) {
+  TinyBlock b(false, 2);
+  BasicBlockTape<double> tape(b.d), fresh(b.d);
+  tape.forward(b.params(), b.x.data(), b.lengths, b.y.data());
+  for (int i : {kGate, kDown})
+    for (double& v : b.w[size_t(i)]) v *= 1.1;
+  Vec y1(b.y.size()), y2(b.y.size());
+  tape.forward_mlp(b.params(), y1.data());
+  fresh.forward(b.params(), b.x.data(), b.lengths, y2.data());
+  double changed = 0;
+  for (size_t i = 0; i < y1.size(); ++i) {
+    ASSERT_NEAR(y1[i], y2[i], 1e-12);
+    changed = std::max(changed, std::fabs(y1[i] - b.y[i]));
+  }
+  EXPECT_GT(changed, 1e-3);
 }
 
 TEST(GradualBlock, WeightGradsMatchFiniteDifferences) { check_block_grads(false, 2); }

@@ -400,7 +400,7 @@ void BasicBlockTape<T>::forward(const BasicBlockParams<T>& p, const T* x,
     fail("gradual block: a norm weight is missing");
   if (lengths.empty() || std::any_of(lengths.begin(), lengths.end(), [](int64_t n) { return n <= 0; }))
     fail("gradual block: the batch needs sequences of positive lengths");
-  const int64_t D = d_.dim, F = d_.ff, hd = d_.head_dim;
+  const int64_t D = d_.dim, hd = d_.head_dim;
   const int64_t qd = d_.n_heads * hd, kd = d_.n_kv_heads * hd;
   const int64_t half = static_cast<int64_t>(d_.inv_freq.size());
   int64_t rows = 0;
@@ -450,7 +450,14 @@ void BasicBlockTape<T>::forward(const BasicBlockParams<T>& p, const T* x,
   each(ex_, rows, D, [&](int64_t r) {
     for (int64_t i = r * D; i < (r + 1) * D; ++i) h[i] += xs[i];
   });
+  forward_mlp(p, y);
+}
 
+template <typename T>
+void BasicBlockTape<T>::forward_mlp(const BasicBlockParams<T>& p, T* y) {
+  if (rows_ == 0) fail("gradual block: forward_mlp before forward");
+  const int64_t rows = rows_, D = d_.dim, F = d_.ff;
+  const T* h = h_.data();
   T* xn2 = grow(xn2_, rows * D);
   T* g = grow(g_, rows * F);
   T* u = grow(u_, rows * F);
@@ -467,14 +474,15 @@ void BasicBlockTape<T>::forward(const BasicBlockParams<T>& p, const T* x,
 
 template <typename T>
 void BasicBlockTape<T>::backward(const BasicBlockParams<T>& p, const T* dy,
-                                 std::array<T*, kNumLin> grads) {
+                                 std::array<T*, kNumLin> grads, T* dx) {
   if (rows_ == 0) fail("gradual block: backward before forward");
   const int64_t rows = rows_, D = d_.dim, F = d_.ff, hd = d_.head_dim;
   const int64_t qd = d_.n_heads * hd, kd = d_.n_kv_heads * hd;
   const int64_t half = static_cast<int64_t>(d_.inv_freq.size());
   auto asked = [&](int i) { return grads[i] != nullptr; };
-  const bool need_qk = asked(kQ) || asked(kK);
-  const bool need_qkv = need_qk || asked(kV);
+  const bool need_qk = asked(kQ) || asked(kK) || dx != nullptr;
+  const bool need_v = asked(kV) || dx != nullptr;
+  const bool need_qkv = need_qk || need_v;
   const bool need_attn = need_qkv || asked(kO);
   const bool need_mlp = need_attn || asked(kGate) || asked(kUp);
 
@@ -506,7 +514,7 @@ void BasicBlockTape<T>::backward(const BasicBlockParams<T>& p, const T* dy,
   ops::linear_backward_input(ex_, dh, p.w[kO], datt, rows, qd, D);
   T* dq = need_qk ? grow(dq_, rows * qd) : nullptr;
   T* dk = need_qk ? grow(dk_, rows * kd) : nullptr;
-  T* dv = asked(kV) ? grow(dv_, rows * kd) : nullptr;
+  T* dv = need_v ? grow(dv_, rows * kd) : nullptr;
   const ops::AttnDims ad{d_.n_heads, d_.n_kv_heads, hd};
   ops::attention_backward(ex_, ad, lengths_, q_.data(), k_.data(), v_.data(), probs_.data(), datt,
                           dq, dk, dv, grow(dp_, ops::attention_probs_size(ad, lengths_)));
@@ -525,6 +533,16 @@ void BasicBlockTape<T>::backward(const BasicBlockParams<T>& p, const T* dy,
   }
   if (asked(kQ)) ops::linear_backward_weight(ex_, dq, xn1_.data(), grads[kQ], rows, D, qd);
   if (asked(kK)) ops::linear_backward_weight(ex_, dk, xn1_.data(), grads[kK], rows, D, kd);
+  if (dx == nullptr) return;
+
+  // x feeds the attention's norm and the residual: dx = norm'(dq Wq + dk Wk + dv Wv) + dh.
+  ops::linear_backward_input(ex_, dq, p.w[kQ], dxn, rows, D, qd);
+  ops::linear_backward_input(ex_, dk, p.w[kK], dxn, rows, D, kd, T(1));
+  ops::linear_backward_input(ex_, dv, p.w[kV], dxn, rows, D, kd, T(1));
+  ops::rms_norm_backward(ex_, x_.data(), p.attn_norm, dxn, dx, rows, D, d_.eps);
+  each(ex_, rows, D, [&](int64_t r) {
+    for (int64_t i = r * D; i < (r + 1) * D; ++i) dx[i] += dh[i];
+  });
 }
 
 template class BasicBlockTape<float>;
