@@ -8,7 +8,9 @@
 // times the multipliers, re-encoded on the format's own grid (fp16 block
 // scales; K-quants: small integer sub-scales under an fp16 super-scale, which
 // only grows when an adjusted sub-scale no longer fits); the levels are then
-// q = clamp(round((w + min) / scale + v + c)) with the encoded scale/min. The
+// q = clamp(round((w + min) / scale + v + c)) with the encoded scale/min (for
+// codebook formats (w + min) / scale is first mapped to a fractional codebook
+// index, piecewise linearly between the entries). The
 // per-weight constant c is zero except where the initial quantizer chose a
 // level other than plain rounding against its stored scale (its search uses an
 // unrounded scale); there c pins the initial level, so untouched parameters
@@ -21,7 +23,8 @@
 
 namespace tailor::gradual {
 
-// Types TrainableMatrix accepts: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K.
+// Types TrainableMatrix accepts: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K,
+// IQ4_NL and IQ4_XS (there the offsets act on the codebook index).
 bool rounding_trainable(GgmlType t);
 
 struct RoundingFormat;  // rounding.cpp: block geometry and bit layout of a type
