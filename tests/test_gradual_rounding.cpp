@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -137,6 +138,30 @@ TEST_P(Rounding, GradientsMatchFiniteDifferencesOfTheRelaxedMap) {
   check(&TrainableMatrix::Params::scale_mult, grad.scale_mult, 3, 0.02f, "scale multiplier");
   if (!grad.min_mult.empty()) check(&TrainableMatrix::Params::min_mult, grad.min_mult, 3, 0.02f, "min multiplier");
   check(&TrainableMatrix::Params::offsets, grad.offsets, 97, 0.05f, "offset");
+}
+
+// NaN, infinities and extreme magnitudes must neither crash nor break the
+// exact-decode promise, before and after steps.
+TEST_P(Rounding, SurvivesHostileWeights) {
+  const GgmlType t = GetParam();
+  const int64_t rows = 2, cols = 512;
+  std::vector<float> w(rows * cols);
+  for (int64_t j = 0; j < rows * cols; ++j) w[j] = 0.01f * float(j % 17) - 0.08f;
+  w[3] = std::numeric_limits<float>::quiet_NaN();
+  w[40] = std::numeric_limits<float>::infinity();
+  w[41] = -std::numeric_limits<float>::infinity();
+  w[300] = 3e38f;
+  w[301] = 1e-40f;
+  w[600] = -3e38f;
+  std::vector<float> imp(cols, 1.0f);
+  imp[5] = 0.0f;
+  TrainableMatrix m(t, w.data(), rows, cols, imp.data(), RoundingOptions{0.5f, 2});
+  auto g = normal(w.size(), 1.0f, 3);
+  g[7] = std::numeric_limits<float>::quiet_NaN();
+  for (int k = 0; k < 3; ++k) m.step(g.data(), 0.3f, 0.2f);
+  EXPECT_EQ(bit_mismatches(m.weights(), decode(m)), 0);
+  (void)m.relaxed_weights(m.save());
+  (void)m.weighted_error();
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, Rounding, ::testing::ValuesIn(kTypes), type_param_name);

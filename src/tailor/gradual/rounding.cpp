@@ -343,7 +343,7 @@ inline float position(const Format& f, float y) {
 // Value units per level step around a position (1 for linear formats).
 inline float slope(const Format& f, float pos) {
   if (f.codebook == nullptr) return 1.0f;
-  const int i = std::clamp(static_cast<int>(std::floor(pos)), 0, 14);
+  const int i = pos >= 14.0f ? 14 : pos >= 1.0f ? static_cast<int>(pos) : 0;  // NaN: 0
   return static_cast<float>(f.codebook[i + 1] - f.codebook[i]);
 }
 

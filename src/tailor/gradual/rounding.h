@@ -64,7 +64,12 @@ class TrainableMatrix {
   // the exact derivatives of relaxed_weights() at the current parameters.
   Params gradients(const float* grad_w) const;
   // One signed-gradient step: v -= lr * sign(g_v), multipliers -= lr_scale *
-  // sign(g), clamped to their ranges, then re-materialized.
+  // sign(g), clamped to their ranges, then re-materialized. Measured on a
+  // layer-output loss (tests/test_gradual_rounding.cpp): lr ~ 0.5 / iters with
+  // linear decay; lr_scale <= lr / 10 (the multipliers' STE gradient leans
+  // toward shrinking the scale, and each change of an encoded sub-scale
+  // re-rounds its sub-block), 0 is a safe choice for K-quants. Keep the best
+  // parameters seen (save/restore): the loss is not monotone.
   void step(const float* grad_w, float lr, float lr_scale);
 
   // The differentiable stand-in that gradients() follows, evaluated at p: the
