@@ -8,13 +8,13 @@
 // times the multipliers, re-encoded on the format's own grid (fp16 block
 // scales; K-quants: small integer sub-scales under an fp16 super-scale, which
 // only grows when an adjusted sub-scale no longer fits); the levels are then
-// q = clamp(round((w + min) / scale + v + c)) with the encoded scale/min (for
-// codebook formats (w + min) / scale is first mapped to a fractional codebook
-// index, piecewise linearly between the entries). The
-// per-weight constant c is zero except where the initial quantizer chose a
-// level other than plain rounding against its stored scale (its search uses an
-// unrounded scale); there c pins the initial level, so untouched parameters
-// reproduce quantize_rows byte for byte.
+// q = clamp(round((w + min) / scale + v + c)) with the encoded scale/min; for
+// codebook formats (IQ4) (w + min) / scale is first mapped to a fractional
+// codebook index, piecewise linearly between the entries. The per-weight
+// constant c is zero except where the initial quantizer chose a level other
+// than plain rounding against its stored scale (its search uses an unrounded
+// scale); there c pins the initial level, so untouched parameters reproduce
+// quantize_rows byte for byte.
 #pragma once
 #include <cstdint>
 #include <vector>
