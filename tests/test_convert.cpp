@@ -6,10 +6,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
 #include "tailor/convert/convert.h"
+#include "tailor/engine/model.h"
 #include "tailor/formats/gguf.h"
 #include "tailor/formats/safetensors.h"
 #include "tailor/model/config.h"
@@ -197,6 +200,87 @@ TEST(Convert, Llama30mQ8) {
     norm += ref[i] * ref[i];
   }
   EXPECT_LT(std::sqrt(err / norm), 0.01);
+}
+
+// Tensors quantized by the caller (here from halved weights, so they cannot
+// be what convert would make itself) are written as given: the engine reads
+// back exactly their dequantized values in HF row order, which for q and k
+// proves the block rows were permuted like f32 rows; the rest is untouched.
+TEST(Convert, PreQuantizedBlocksAreWrittenAsGiven) {
+  TempDir tmp;
+  const std::string dir = kModels + "/llama-30m", out = (tmp.path / "b.gguf").string();
+  Safetensors st = Safetensors::open(dir);
+  struct Pick {
+    std::string gguf, hf;
+    GgmlType type;
+  };
+  const std::vector<Pick> picks = {{"blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight", GgmlType::Q4_K},
+                                   {"blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj.weight", GgmlType::Q5_0},
+                                   {"blk.3.ffn_down.weight", "model.layers.3.mlp.down_proj.weight", GgmlType::IQ4_XS}};
+  ConvertOptions o;
+  o.input = dir;
+  o.output = out;
+  o.type = GgmlType::F32;
+  std::map<std::string, std::vector<float>> expected;
+  for (const Pick& p : picks) {
+    std::vector<float> f = st_floats(st, p.hf);
+    for (float& x : f) x *= 0.5f;
+    const int64_t rows = st.find(p.hf)->shape[0], cols = st.find(p.hf)->shape[1];
+    std::vector<uint8_t> blocks(row_size(p.type, cols) * size_t(rows));
+    quantize_rows(p.type, f.data(), blocks.data(), rows, cols, nullptr);
+    auto& e = expected[p.gguf];
+    e.resize(f.size());
+    dequantize_rows(p.type, blocks.data(), e.data(), rows, cols);
+    o.tensor_types[p.gguf] = p.type;
+    o.tensor_blocks[p.gguf] = std::move(blocks);
+  }
+  const ConvertResult r = convert_hf_to_gguf(o);
+  EXPECT_EQ(r.tensors.size(), 75u);
+  {
+    GgufFile g = GgufFile::open(out);
+    for (const Pick& p : picks) EXPECT_EQ(g.find_tensor(p.gguf)->type, p.type) << p.gguf;
+  }
+  engine::Model m = engine::Model::load_gguf(out);
+  engine::Model ref = engine::Model::load_hf(dir);
+  for (const Pick& p : picks) {
+    const engine::Weight& w = m.weight(p.gguf);
+    EXPECT_EQ(w.source, p.type) << p.gguf;
+    EXPECT_TRUE(w.f32 == expected[p.gguf]) << p.gguf << " differs from the dequantized blocks";
+  }
+  size_t others = 0;
+  for (const std::string& n : ref.weight_names()) {
+    if (expected.count(n)) continue;
+    ++others;
+    EXPECT_TRUE(m.weight(n).f32 == ref.weight(n).f32) << n;
+  }
+  EXPECT_EQ(others, 72u);
+}
+
+TEST(Convert, PreQuantizedBlocksAreChecked) {
+  TempDir tmp;
+  const std::string out = (tmp.path / "b.gguf").string();
+  auto error = [&](const std::string& name, std::optional<GgmlType> type, size_t bytes) {
+    ConvertOptions o;
+    o.input = kModels + "/llama-30m";
+    o.output = out;
+    if (type) o.tensor_types[name] = *type;
+    o.tensor_blocks[name] = std::vector<uint8_t>(bytes);
+    try {
+      convert_hf_to_gguf(o);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const size_t q4k = row_size(GgmlType::Q4_K, 512) * 512;
+  std::string e = error("blk.0.attn_q.weight", GgmlType::Q4_K, q4k - 1);
+  EXPECT_NE(e.find("blk.0.attn_q.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find(std::to_string(q4k)), std::string::npos) << e;
+  e = error("blk.0.attn_q.weight", std::nullopt, q4k);
+  EXPECT_NE(e.find("without a type"), std::string::npos) << e;
+  e = error("blk.9.attn_q.weight", GgmlType::Q4_K, q4k);
+  EXPECT_NE(e.find("no tensor 'blk.9.attn_q.weight'"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(out));
 }
 
 static std::string convert_error(const std::string& in, const std::string& out) {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -21,7 +22,8 @@ namespace tailor::gradual {
 namespace {
 
 const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
-                           GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+                           GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K,
+                           GgmlType::IQ4_NL, GgmlType::IQ4_XS};
 
 std::string type_param_name(const ::testing::TestParamInfo<GgmlType>& info) {
   return std::string(type_name(info.param));
@@ -66,6 +68,12 @@ TEST_P(Rounding, UntouchedIsPlainQuantizationAndStepsDecodeExactly) {
       ASSERT_EQ(m.blocks().size(), plain.size());
       EXPECT_TRUE(m.blocks() == plain) << "untouched parameters changed the blocks";
       EXPECT_EQ(bit_mismatches(m.weights(), decode(m)), 0);
+      double err = 0.0;
+      for (int64_t i = 0; i < s.rows * s.cols; ++i) {
+        const double d = double(m.weights()[i]) - s.input[i];
+        err += (imp ? imp[i % s.cols] : 1.0) * d * d;
+      }
+      EXPECT_NEAR(m.weighted_error(), err, 1e-9 * err + 1e-30);
 
       // Random steps move offsets and multipliers; the result must stay an exact decode.
       const auto start = m.save();
@@ -132,6 +140,30 @@ TEST_P(Rounding, GradientsMatchFiniteDifferencesOfTheRelaxedMap) {
   check(&TrainableMatrix::Params::offsets, grad.offsets, 97, 0.05f, "offset");
 }
 
+// NaN, infinities and extreme magnitudes must neither crash nor break the
+// exact-decode promise, before and after steps.
+TEST_P(Rounding, SurvivesHostileWeights) {
+  const GgmlType t = GetParam();
+  const int64_t rows = 2, cols = 512;
+  std::vector<float> w(rows * cols);
+  for (int64_t j = 0; j < rows * cols; ++j) w[j] = 0.01f * float(j % 17) - 0.08f;
+  w[3] = std::numeric_limits<float>::quiet_NaN();
+  w[40] = std::numeric_limits<float>::infinity();
+  w[41] = -std::numeric_limits<float>::infinity();
+  w[300] = 3e38f;
+  w[301] = 1e-40f;
+  w[600] = -3e38f;
+  std::vector<float> imp(cols, 1.0f);
+  imp[5] = 0.0f;
+  TrainableMatrix m(t, w.data(), rows, cols, imp.data(), RoundingOptions{0.5f, 2});
+  auto g = normal(w.size(), 1.0f, 3);
+  g[7] = std::numeric_limits<float>::quiet_NaN();
+  for (int k = 0; k < 3; ++k) m.step(g.data(), 0.3f, 0.2f);
+  EXPECT_EQ(bit_mismatches(m.weights(), decode(m)), 0);
+  (void)m.relaxed_weights(m.save());
+  (void)m.weighted_error();
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, Rounding, ::testing::ValuesIn(kTypes), type_param_name);
 
 TEST(Rounding, RejectsWhatItCannotTrain) {
@@ -149,13 +181,23 @@ TEST(Rounding, RejectsWhatItCannotTrain) {
 }
 
 // Layer-output objective: ||X W_hat^T - X W^T||^2 for a random W [256 out][256
-// in] and a fixed batch X [512][256] whose columns differ in scale, as real
-// activations do. Signed-gradient training must beat plain (imatrix) rounding.
-double train_ratio(GgmlType t, int iters, bool print) {
+// in] and a fixed batch X [512][256] of correlated channels with unequal
+// scales, as real activations are. (With i.i.d. X the STE gradient of each
+// weight is dominated by its own term, which always points at the rounding
+// boundary, and training gains about 1%.) 200 signed-gradient steps, lr
+// decaying linearly from 0.0025, must beat plain (imatrix) rounding.
+double train_ratio(GgmlType t, int iters, float scale_lr_factor) {
   const int64_t out = 256, in = 256, batch = 512;
   auto W = normal(out * in, 0.02f, 1);
-  auto X = normal(batch * in, 1.0f, 2);
-  auto col_scale = normal(in, 0.7f, 3);
+  // Activations are strongly correlated across channels: a rank-32 signal
+  // plus a little isotropic noise, with channel scales spread over ~10x.
+  const int64_t rank = 32;
+  const auto Z = normal(batch * rank, 1.0f, 2), B = normal(rank * in, 1.0f, 3);
+  auto X = normal(batch * in, 0.1f, 4);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t k = 0; k < rank; ++k)
+      for (int64_t i = 0; i < in; ++i) X[b * in + i] += Z[b * rank + k] * B[k * in + i];
+  auto col_scale = normal(in, 0.7f, 5);
   for (auto& c : col_scale) c = std::exp(c);
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t i = 0; i < in; ++i) X[b * in + i] *= col_scale[i];
@@ -187,24 +229,32 @@ double train_ratio(GgmlType t, int iters, bool print) {
       best = loss;
       best_params = m.save();
     }
-    const float lr = 2.0f / iters * (1.0f - float(it) / iters);
-    m.step(G.data(), lr, lr);
+    const float lr = 0.5f / iters * (1.0f - float(it) / iters);
+    m.step(G.data(), lr, lr * scale_lr_factor);
   }
   if (evaluate(false) < best) best = evaluate(false);
   else m.restore(best_params);
   EXPECT_NEAR(evaluate(false), best, 1e-9 * best) << "restore did not bring back the best parameters";
   const double ratio = best / plain;
-  if (print)
-    std::cout << type_name(t) << ": output error after " << iters << " steps / plain rounding = " << ratio
-              << "\n";
+  std::cout << type_name(t) << ": output error after " << iters << " steps (lr_scale = lr * " << scale_lr_factor
+            << ") / plain rounding = " << ratio << "\n";
   return ratio;
 }
 
+// Offsets alone, and offsets with scale multipliers at a tenth of their rate:
+// the multipliers' STE gradient leans toward shrinking the scale and every
+// change of an encoded scale re-rounds its whole sub-block, so they need a far
+// smaller rate than the offsets (measured: a rate close to lr makes it worse).
 TEST(RoundingTraining, BeatsPlainRoundingOnLayerOutput) {
   for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q2_K, GgmlType::Q3_K}) {
-    const double ratio = train_ratio(t, 200, true);
-    EXPECT_LT(ratio, 0.9) << type_name(t);
+    EXPECT_LT(train_ratio(t, 200, 0.0f), 0.9) << type_name(t);
+    EXPECT_LT(train_ratio(t, 200, 0.1f), 0.9) << type_name(t);
   }
+}
+
+TEST(RoundingTraining, TrainsOtherFamiliesToo) {
+  for (GgmlType t : {GgmlType::Q4_1, GgmlType::IQ4_XS, GgmlType::Q6_K})
+    EXPECT_LT(train_ratio(t, 200, 0.1f), 0.9) << type_name(t);
 }
 
 TEST(RoundingTraining, StepTimeQ4K1280x512TwoThreads) {

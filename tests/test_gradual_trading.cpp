@@ -8,6 +8,7 @@
 #include <random>
 
 #include "tailor/gradual/trading.h"
+#include "tailor/plan/allocate.h"
 #include "tailor/util/error.h"
 
 using namespace tailor;
@@ -270,6 +271,55 @@ TEST(GradualTrading, TradesAddUpAndSearchesAreDeterministic) {
   const TradeResult x = genetic_trade(layers, lim, a, g), y = genetic_trade(layers, lim, a, g);
   EXPECT_EQ(x.choice, y.choice);
   EXPECT_FALSE(better_choice(a, x, lim));
+}
+
+// Many layers (the pair search then pairs only neighbouring options and the
+// most promising moves): compared with the planner's exact multiple-choice
+// knapsack solver on the same options.
+TEST(GradualTrading, ManyLayersAgainstExactAllocation) {
+  std::mt19937_64 rng(2024);
+  const auto layers = random_layers(rng, 150, 6);
+  std::vector<plan::TensorOptions> tensors;
+  for (const TradeLayer& t : layers) {
+    plan::TensorOptions x;
+    x.name = t.name;
+    x.row_length = 4096;
+    x.n_elements = 4096 * 16;
+    for (const TypeOption& o : t.options) {
+      plan::TypeOption y;
+      y.type = o.type;
+      y.bytes = o.bytes;
+      y.cost = o.cost;
+      x.options.push_back(y);
+    }
+    tensors.push_back(std::move(x));
+  }
+  const int64_t b0 = sum_bytes(layers, false), b1 = sum_bytes(layers, true);
+  const double c0 = sum_cost(layers, false), c1 = sum_cost(layers, true);
+  for (double f : {0.15, 0.4, 0.7}) {
+    TradeLimits lim;
+    lim.memory_target = b0 + int64_t(double(b1 - b0) * f);
+    const TradeResult g = greedy_trade(layers, lim);
+    ASSERT_TRUE(g.feasible) << g.problem;
+    expect_consistent(layers, g, lim);
+    const plan::Allocation exact = plan::allocate(tensors, {plan::Budget::Kind::Bytes, double(*lim.memory_target)});
+    ASSERT_TRUE(exact.proven_optimal);
+    std::printf("target at %.0f%%: greedy cost %.6g, optimum %.6g (+%.3f%%), %zu trades\n", 100 * f, g.cost,
+                exact.total_cost, 100 * (g.cost / exact.total_cost - 1), g.trades.size());
+    EXPECT_GE(g.cost, exact.total_cost * (1 - 1e-9));
+    EXPECT_LE(g.cost, exact.total_cost * 1.01);  // seen: +0.29% at most
+
+    TradeLimits q;
+    q.quality_budget = c0 + (c1 - c0) * f * 0.1;
+    const TradeResult h = greedy_trade(layers, q);
+    ASSERT_TRUE(h.feasible) << h.problem;
+    const plan::Allocation least = plan::allocate(tensors, {plan::Budget::Kind::Cost, q.quality_budget});
+    std::printf("budget at %.1f%%: greedy %lld bytes, optimum %lld (+%.3f%%)\n", 10 * f, (long long)h.bytes,
+                (long long)least.total_bytes, 100 * (double(h.bytes) / double(least.total_bytes) - 1));
+    ASSERT_TRUE(least.proven_optimal);
+    EXPECT_GE(h.bytes, least.total_bytes);
+    EXPECT_LE(double(h.bytes), double(least.total_bytes) * 1.01);  // seen: +0.13% at most
+  }
 }
 
 TEST(GradualTrading, BadInputIsAnError) {

@@ -35,6 +35,7 @@ struct Planned {
   std::vector<const StTensor*> sources;    // one, or one per expert in expert order
   QkPermute permute = QkPermute::None;
   std::vector<float> generated;            // rope_freqs
+  const std::vector<uint8_t>* blocks = nullptr;  // pre-quantized rows (ConvertOptions::tensor_blocks)
 };
 
 int rank_of(const Planned& p) {
@@ -235,8 +236,26 @@ bool quantize_weighted(const Planned& p, const std::vector<float>& f32, std::vec
   return true;
 }
 
-// Puts the caller's per-tensor types on the plan (see ConvertOptions::tensor_types).
+// Points a tensor at the caller's pre-quantized rows, checking that they are
+// what it needs (see ConvertOptions::tensor_blocks).
+void attach_blocks(Planned& p, const std::vector<uint8_t>& bytes, GgmlType requested) {
+  if (p.fell_back || p.type != requested)
+    fail("{}: rows of {} values do not fit {} blocks", p.name, p.ne[0], type_name(requested));
+  int64_t numel = 1;
+  for (int64_t d : p.ne) numel *= d;
+  const int64_t rows = numel / p.ne[0];
+  const size_t want = row_size(p.type, p.ne[0]) * static_cast<size_t>(rows);
+  if (bytes.size() != want)
+    fail("{}: {} bytes of {} blocks given; {} rows of {} values need {} bytes", p.name, bytes.size(),
+         type_name(p.type), rows, p.ne[0], want);
+  p.blocks = &bytes;
+}
+
+// Puts the caller's per-tensor types (and pre-quantized rows) on the plan
+// (see ConvertOptions::tensor_types and tensor_blocks).
 void apply_tensor_types(std::vector<Planned>& plan, const ConvertOptions& opts) {
+  for (const auto& [name, bytes] : opts.tensor_blocks)
+    if (!opts.tensor_types.count(name)) fail("{}: blocks given without a type (tensor_types has no entry for it)", name);
   if (opts.tensor_types.empty()) return;
   std::map<std::string, Planned*> by_name;
   for (Planned& p : plan) by_name[p.name] = &p;
@@ -249,6 +268,10 @@ void apply_tensor_types(std::vector<Planned>& plan, const ConvertOptions& opts) 
     if (type != GgmlType::F32 && !tensor_is_quantizable(p.name, p.ne))
       fail("{}: must stay F32 (llama.cpp does not quantize it), not {}", name, info.name);
     p.type = fit_row_type(type, p.ne[0], &p.fell_back);
+    if (auto b = opts.tensor_blocks.find(name); b != opts.tensor_blocks.end()) {
+      attach_blocks(p, b->second, type);
+      continue;  // already quantized: no importance values needed
+    }
     if (type_info(p.type).requires_imatrix && !(opts.imatrix && opts.imatrix->find(name)))
       fail("{}: type {} needs importance values{}; pass --imatrix FILE", name, type_name(p.type),
            opts.imatrix ? " and the imatrix has none for it" : "");
@@ -314,26 +337,34 @@ ConvertResult convert_hf_to_gguf(const ConvertOptions& opts) {
     int64_t numel = 1;
     for (int64_t d : p.ne) numel *= d;
     const int64_t cols = p.ne[0], rows = numel / cols;
-    f32.resize(static_cast<size_t>(numel));
-    if (!p.generated.empty()) {
-      std::copy(p.generated.begin(), p.generated.end(), f32.begin());
-    } else {
-      int64_t at = 0;
-      for (const StTensor* s : p.sources) {
-        Safetensors::to_f32(*s, f32.data() + at);
-        at += s->numel();
-      }
-    }
-    if (p.permute != QkPermute::None)
-      permute_qk_rows(f32.data(), rows, cols, p.permute == QkPermute::Q ? c.num_heads : c.num_kv_heads);
     const size_t nbytes = row_size(p.type, cols) * static_cast<size_t>(rows);
+    const int64_t heads = p.permute == QkPermute::Q ? c.num_heads : c.num_kv_heads;
     bool weighted = false;
-    if (p.type == GgmlType::F32) {
-      w.write_tensor_data(f32.data(), nbytes);
-    } else {
-      out.resize(nbytes);
-      weighted = quantize_weighted(p, f32, out, rows, cols, opts, res);
+    if (p.blocks && p.permute == QkPermute::None) {
+      w.write_tensor_data(p.blocks->data(), nbytes);
+    } else if (p.blocks) {
+      out.assign(p.blocks->begin(), p.blocks->end());
+      permute_qk_row_bytes(out.data(), rows, row_size(p.type, cols), heads);
       w.write_tensor_data(out.data(), nbytes);
+    } else {
+      f32.resize(static_cast<size_t>(numel));
+      if (!p.generated.empty()) {
+        std::copy(p.generated.begin(), p.generated.end(), f32.begin());
+      } else {
+        int64_t at = 0;
+        for (const StTensor* s : p.sources) {
+          Safetensors::to_f32(*s, f32.data() + at);
+          at += s->numel();
+        }
+      }
+      if (p.permute != QkPermute::None) permute_qk_rows(f32.data(), rows, cols, heads);
+      if (p.type == GgmlType::F32) {
+        w.write_tensor_data(f32.data(), nbytes);
+      } else {
+        out.resize(nbytes);
+        weighted = quantize_weighted(p, f32, out, rows, cols, opts, res);
+        w.write_tensor_data(out.data(), nbytes);
+      }
     }
     ConvertedTensor ct{p.name, p.ne, p.type, nbytes, p.fell_back, weighted};
     res.params += static_cast<uint64_t>(numel);

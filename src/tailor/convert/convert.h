@@ -37,6 +37,13 @@ struct ConvertOptions {
   // tensor that must stay F32, is an error. Named tensors of the lowest-bit
   // types need importance values in `imatrix`.
   std::map<std::string, GgmlType> tensor_types;
+  // Tensors already quantized by the caller (e.g. with trained rounding), by
+  // GGUF name: rows of GGML blocks of the type tensor_types gives that name,
+  // row_size(type, ne[0]) bytes each, in the Hugging Face row order the engine
+  // uses (convert applies the llama-family q/k row permutation to them as it
+  // does to f32 rows). Written as they are instead of quantizing; the type
+  // must fit the rows exactly (no fallback) and needs no importance values.
+  std::map<std::string, std::vector<uint8_t>> tensor_blocks;
   // general.file_type; default: llama_file_type(type).
   std::optional<uint32_t> file_type;
   int threads = 0;                   // 0 = all cores

@@ -233,6 +233,33 @@ void pack_q6_k(const Unpacked& u, uint8_t* b) {
   store_half(b + 208, u.d);
 }
 
+// IQ4_XS: d, scales_h (u16: bits 2j..2j+1 = top bits of sub-scale j) at 2,
+// scales_l[4] at 4 (low nibbles, even sub-block low), then 16 bytes per
+// sub-block laid out as an IQ4_NL block; value d * (ls - 32) * codebook[L].
+void unpack_iq4_xs(const uint8_t* b, Unpacked& u) {
+  u.d = load_half(b);
+  const int high = b[2] | b[3] << 8;
+  for (int j = 0; j < 8; ++j) {
+    const int ls = ((b[4 + j / 2] >> (4 * (j % 2))) & 0xF) | ((high >> (2 * j)) & 3) << 4;
+    u.ls[j] = static_cast<int16_t>(ls - 32);
+    unpack_nibbles32(b + 8 + 16 * j, nullptr, 0, u.L + 32 * j);
+  }
+}
+
+void pack_iq4_xs(const Unpacked& u, uint8_t* b) {
+  store_half(b, u.d);
+  int high = 0;
+  std::memset(b + 4, 0, 4);
+  for (int j = 0; j < 8; ++j) {
+    const int ls = u.ls[j] + 32;
+    high |= (ls >> 4) << (2 * j);
+    b[4 + j / 2] |= static_cast<uint8_t>((ls & 0xF) << (4 * (j % 2)));
+    pack_nibbles32(u.L + 32 * j, 0, b + 8 + 16 * j, nullptr);
+  }
+  b[2] = static_cast<uint8_t>(high & 0xFF);
+  b[3] = static_cast<uint8_t>(high >> 8);
+}
+
 }  // namespace
 
 // What materialization needs to know about a type.
@@ -244,6 +271,7 @@ struct RoundingFormat {
   bool affine;            // has a min
   bool kquant;            // integer sub-scales under fp16 super-scales
   int slo, shi, mhi;      // K: sub-scale range, sub-min range [0, mhi]
+  const int8_t* codebook; // levels index this table (IQ4); null: the level is the value
   UnpackFn unpack;
   PackFn pack;
   int subs() const { return block / group; }
@@ -253,18 +281,24 @@ namespace {
 
 using Format = RoundingFormat;
 
+// ggml's kvalues_iq4nl.
+constexpr int8_t kIQ4Codebook[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
 // Q8_0 stops at -127: ggml's SIMD dot products take |q| of int8 values.
 constexpr Format kFormats[] = {
-    {GgmlType::Q8_0, 32, 32, -127, 127, false, false, 0, 0, 0, unpack_q8_0, pack_q8_0},
-    {GgmlType::Q4_0, 32, 32, -8, 7, false, false, 0, 0, 0, unpack_legacy<8, -1, -1, 2>, pack_legacy<8, -1, -1, 2>},
-    {GgmlType::Q4_1, 32, 32, 0, 15, true, false, 0, 0, 0, unpack_legacy<0, 2, -1, 4>, pack_legacy<0, 2, -1, 4>},
-    {GgmlType::Q5_0, 32, 32, -16, 15, false, false, 0, 0, 0, unpack_legacy<16, -1, 2, 6>, pack_legacy<16, -1, 2, 6>},
-    {GgmlType::Q5_1, 32, 32, 0, 31, true, false, 0, 0, 0, unpack_legacy<0, 2, 4, 8>, pack_legacy<0, 2, 4, 8>},
-    {GgmlType::Q2_K, 256, 16, 0, 3, true, true, 0, 15, 15, unpack_q2_k, pack_q2_k},
-    {GgmlType::Q3_K, 256, 16, -4, 3, false, true, -32, 31, 0, unpack_q3_k, pack_q3_k},
-    {GgmlType::Q4_K, 256, 32, 0, 15, true, true, 0, 63, 63, unpack_k4<false>, pack_k4<false>},
-    {GgmlType::Q5_K, 256, 32, 0, 31, true, true, 0, 63, 63, unpack_k4<true>, pack_k4<true>},
-    {GgmlType::Q6_K, 256, 16, -32, 31, false, true, -128, 127, 0, unpack_q6_k, pack_q6_k},
+    {GgmlType::Q8_0, 32, 32, -127, 127, false, false, 0, 0, 0, nullptr, unpack_q8_0, pack_q8_0},
+    {GgmlType::Q4_0, 32, 32, -8, 7, false, false, 0, 0, 0, nullptr, unpack_legacy<8, -1, -1, 2>, pack_legacy<8, -1, -1, 2>},
+    {GgmlType::Q4_1, 32, 32, 0, 15, true, false, 0, 0, 0, nullptr, unpack_legacy<0, 2, -1, 4>, pack_legacy<0, 2, -1, 4>},
+    {GgmlType::Q5_0, 32, 32, -16, 15, false, false, 0, 0, 0, nullptr, unpack_legacy<16, -1, 2, 6>, pack_legacy<16, -1, 2, 6>},
+    {GgmlType::Q5_1, 32, 32, 0, 31, true, false, 0, 0, 0, nullptr, unpack_legacy<0, 2, 4, 8>, pack_legacy<0, 2, 4, 8>},
+    {GgmlType::Q2_K, 256, 16, 0, 3, true, true, 0, 15, 15, nullptr, unpack_q2_k, pack_q2_k},
+    {GgmlType::Q3_K, 256, 16, -4, 3, false, true, -32, 31, 0, nullptr, unpack_q3_k, pack_q3_k},
+    {GgmlType::Q4_K, 256, 32, 0, 15, true, true, 0, 63, 63, nullptr, unpack_k4<false>, pack_k4<false>},
+    {GgmlType::Q5_K, 256, 32, 0, 31, true, true, 0, 63, 63, nullptr, unpack_k4<true>, pack_k4<true>},
+    {GgmlType::Q6_K, 256, 16, -32, 31, false, true, -128, 127, 0, nullptr, unpack_q6_k, pack_q6_k},
+    {GgmlType::IQ4_NL, 32, 32, 0, 15, false, false, 0, 0, 0, kIQ4Codebook, unpack_legacy<0, -1, -1, 2>,
+     pack_legacy<0, -1, -1, 2>},
+    {GgmlType::IQ4_XS, 256, 32, 0, 15, false, true, -32, 31, 0, kIQ4Codebook, unpack_iq4_xs, pack_iq4_xs},
 };
 
 const Format* find_format(GgmlType t) {
@@ -294,9 +328,33 @@ float encode_sub_scales(float d0, const float* a, int n, int lo, int hi, int16_t
   return d;
 }
 
-// Level position before rounding; materialize and gradients must agree on it.
-inline float level_position(float w, float scale, float min, float v, float pin) {
-  return (w + min) / scale + v + pin;
+// Where a value y = (w + min) / scale sits on the level axis: y itself for
+// linear formats; for codebook formats its index position, the piecewise-
+// linear inverse of the codebook (extended linearly past the ends), so that
+// rounding it picks the nearest entry.
+inline float position(const Format& f, float y) {
+  if (f.codebook == nullptr) return y;
+  const int8_t* k = f.codebook;
+  int i = 0;
+  while (i < 14 && y >= k[i + 1]) ++i;
+  return static_cast<float>(i) + (y - k[i]) / static_cast<float>(k[i + 1] - k[i]);
+}
+
+// Value units per level step around a position (1 for linear formats).
+inline float slope(const Format& f, float pos) {
+  if (f.codebook == nullptr) return 1.0f;
+  const int i = pos >= 14.0f ? 14 : pos >= 1.0f ? static_cast<int>(pos) : 0;  // NaN: 0
+  return static_cast<float>(f.codebook[i + 1] - f.codebook[i]);
+}
+
+inline float level_value(const Format& f, int l) {
+  return f.codebook ? static_cast<float>(f.codebook[l]) : static_cast<float>(l);
+}
+
+// The position that is rounded; materialize, gradients and the constructor's
+// pins must compute it alike.
+inline float offset_position(const Format& f, float w, float scale, float min, float v, float pin) {
+  return position(f, (w + min) / scale) + v + pin;
 }
 
 inline int round_level(float u, int lo, int hi) {
@@ -359,7 +417,7 @@ TrainableMatrix::TrainableMatrix(GgmlType t, const float* w, int64_t rows, int64
               const int l = u.L[j * f.group + i];
               level_[e] = static_cast<int8_t>(l);
               if (scale == 0.0f) continue;
-              const float z = level_position(w_[e], scale, min, 0.0f, 0.0f);
+              const float z = offset_position(f, w_[e], scale, min, 0.0f, 0.0f);
               if (round_level(z, f.lo, f.hi) != l) pin_[e] = static_cast<float>(l) - z;
             }
           }
@@ -410,7 +468,7 @@ void TrainableMatrix::materialize() {
                 // A zero scale makes every level decode alike: keep the initial one.
                 if (scale != 0.0f)
                   level_[e] = static_cast<int8_t>(round_level(
-                      level_position(w_[e], scale, min, params_.offsets[e], pin_[e]), f.lo, f.hi));
+                      offset_position(f, w_[e], scale, min, params_.offsets[e], pin_[e]), f.lo, f.hi));
                 u.L[j * f.group + i] = level_[e];
               }
             }
@@ -438,24 +496,24 @@ TrainableMatrix::Params TrainableMatrix::gradients(const float* grad_w) const {
           for (int64_t e = s * f.group; e < (s + 1) * f.group; ++e) {
             const float gw = grad_w[e];
             const int l = level_[e];
-            // W = scale * l - min. Inside the range, l follows (w + min) / scale
-            // + v: dW/dv = scale, dW/dscale = l - z, dW/dmin = 0. Clamped (or
-            // zero scale): l is fixed, dW/dscale = l, dW/dmin = -1.
-            bool moving = false;
-            float z = 0.0f;
+            // W = scale * value(l) - min. Inside the range, l follows the
+            // position p(y) + v of y = (w + min) / scale, so with slopes su at
+            // the rounded position and sy at y: dW/dv = scale * su, dW/dscale =
+            // value(l) - y * su / sy, dW/dmin = 0. Clamped (or zero scale): l is
+            // fixed, dW/dscale = value(l), dW/dmin = -1.
             if (scale != 0.0f) {
-              z = level_position(w_[e], scale, min, 0.0f, 0.0f);
-              const float u = level_position(w_[e], scale, min, params_.offsets[e], pin_[e]);
+              const float u = offset_position(f, w_[e], scale, min, params_.offsets[e], pin_[e]);
               const int r = nearest_int(std::clamp(u, f.lo - 1.0f, f.hi + 1.0f));
-              moving = r >= f.lo && r <= f.hi;
+              if (r >= f.lo && r <= f.hi) {
+                const float y = (w_[e] + min) / scale;
+                const float su = slope(f, u), sy = slope(f, position(f, y));
+                g.offsets[e] = gw * scale * su;
+                gs += static_cast<double>(gw) * (level_value(f, l) - y * su / sy);
+                continue;
+              }
             }
-            if (moving) {
-              g.offsets[e] = gw * scale;
-              gs += static_cast<double>(gw) * (static_cast<float>(l) - z);
-            } else {
-              gs += static_cast<double>(gw) * l;
-              gm -= gw;
-            }
+            gs += static_cast<double>(gw) * level_value(f, l);
+            gm -= gw;
           }
           // The multipliers scale the encoded values: d scale / d mult = scale / mult.
           g.scale_mult[s] = static_cast<float>(gs * scale / params_.scale_mult[s]);
@@ -507,12 +565,15 @@ std::vector<float> TrainableMatrix::relaxed_weights(const Params& p) const {
     const float min_p = f.affine ? min * (p.min_mult[s] / params_.min_mult[s]) : 0.0f;
     for (size_t e = s * f.group; e < (s + 1) * f.group; ++e) {
       const int l = level_[e];
-      float level = static_cast<float>(l);
+      float level = level_value(f, l);
       if (scale != 0.0f) {
-        const float u = level_position(w_[e], scale, min, params_.offsets[e], pin_[e]);
+        const float u = offset_position(f, w_[e], scale, min, params_.offsets[e], pin_[e]);
         const int r = nearest_int(std::clamp(u, f.lo - 1.0f, f.hi + 1.0f));
-        if (r >= f.lo && r <= f.hi)
-          level += level_position(w_[e], scale_p, min_p, p.offsets[e], pin_[e]) - u;
+        if (r >= f.lo && r <= f.hi) {
+          const float y = (w_[e] + min) / scale, y_p = (w_[e] + min_p) / scale_p;
+          const float su = slope(f, u), sy = slope(f, position(f, y));
+          level += su * ((y_p - y) / sy + (p.offsets[e] - params_.offsets[e]));
+        }
       }
       out[e] = scale_p * level - min_p;
     }

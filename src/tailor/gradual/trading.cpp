@@ -14,6 +14,8 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Up to this many options over all layers the greedy search tries every pair
 // trade (about this number squared per step).
 constexpr size_t kAllPairsOptions = 400;
+// At most this many upgrades and as many coarsenings are paired per step.
+constexpr size_t kPairPool = 96;
 
 void validate(const std::vector<TradeLayer>& layers, const TradeLimits& limits) {
   if (std::isnan(limits.quality_budget)) fail("type trading: the quality budget is NaN");
@@ -199,6 +201,15 @@ class Greedy {
     }
     std::erase_if(ups_, [](const Move& m) { return !(m.dc < 0); });
     std::erase_if(downs_, [](const Move& m) { return !(m.db < 0); });
+    // Many layers: pair only the upgrades that buy the most quality per byte
+    // with the coarsenings that lose the least per byte saved.
+    auto keep = [](std::vector<Move>& v, auto better) {
+      if (v.size() <= kPairPool) return;
+      std::partial_sort(v.begin(), v.begin() + kPairPool, v.end(), better);
+      v.resize(kPairPool);
+    };
+    keep(ups_, [](const Move& a, const Move& b) { return -a.dc * double(b.db) > -b.dc * double(a.db); });
+    keep(downs_, [](const Move& a, const Move& b) { return a.dc * double(-b.db) < b.dc * double(-a.db); });
     for (const Move& u : ups_)
       for (const Move& d : downs_)
         if (u.layer != d.layer) offer(u, &d);

@@ -105,20 +105,20 @@ std::optional<int64_t> take_index(std::string_view& s) {
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
-void reorder_rows(float* data, int64_t rows, int64_t cols, int64_t n_head, bool forward) {
+void reorder_rows(unsigned char* data, int64_t rows, size_t row_bytes, int64_t n_head, bool forward) {
   if (n_head <= 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0)
     fail("q/k permutation: {} rows do not split into {} heads of even size", rows, n_head);
   const int64_t hd = rows / n_head, half = hd / 2;
-  std::vector<float> head(static_cast<size_t>(hd * cols));
-  const size_t row_bytes = static_cast<size_t>(cols) * sizeof(float);
+  std::vector<unsigned char> head(row_bytes * static_cast<size_t>(hd));
   for (int64_t h = 0; h < n_head; ++h) {
-    float* base = data + h * hd * cols;
-    std::memcpy(head.data(), base, row_bytes * static_cast<size_t>(hd));
+    unsigned char* base = data + static_cast<size_t>(h * hd) * row_bytes;
+    std::memcpy(head.data(), base, head.size());
     for (int64_t i = 0; i < half; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
         int64_t gguf_row = i * 2 + j, hf_row = j * half + i;
         int64_t dst = forward ? gguf_row : hf_row, src = forward ? hf_row : gguf_row;
-        std::memcpy(base + dst * cols, head.data() + src * cols, row_bytes);
+        std::memcpy(base + static_cast<size_t>(dst) * row_bytes, head.data() + static_cast<size_t>(src) * row_bytes,
+                    row_bytes);
       }
     }
   }
@@ -248,11 +248,15 @@ std::optional<std::vector<int64_t>> expected_gguf_shape(const std::string& gguf_
 }
 
 void permute_qk_rows(float* data, int64_t rows, int64_t cols, int64_t n_head) {
-  reorder_rows(data, rows, cols, n_head, true);
+  reorder_rows(reinterpret_cast<unsigned char*>(data), rows, static_cast<size_t>(cols) * sizeof(float), n_head, true);
 }
 
 void unpermute_qk_rows(float* data, int64_t rows, int64_t cols, int64_t n_head) {
-  reorder_rows(data, rows, cols, n_head, false);
+  reorder_rows(reinterpret_cast<unsigned char*>(data), rows, static_cast<size_t>(cols) * sizeof(float), n_head, false);
+}
+
+void permute_qk_row_bytes(void* data, int64_t rows, size_t row_bytes, int64_t n_head) {
+  reorder_rows(static_cast<unsigned char*>(data), rows, row_bytes, n_head, true);
 }
 
 std::vector<HParam> gguf_hparams(const ModelConfig& c) {

@@ -3,6 +3,7 @@
 // HF tensors merge into one 3-D tensor per layer), the rotary row order of
 // q/k projections for the llama family, and the hyperparameter keys.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -52,6 +53,9 @@ std::optional<std::vector<int64_t>> expected_gguf_shape(const std::string& gguf_
 void permute_qk_rows(float* data, int64_t rows, int64_t cols, int64_t n_head);
 // The exact inverse of permute_qk_rows.
 void unpermute_qk_rows(float* data, int64_t rows, int64_t cols, int64_t n_head);
+// The same reordering for rows of any type, `row_bytes` each (e.g. rows of
+// GGML blocks, which quantize row by row and so permute as wholes).
+void permute_qk_row_bytes(void* data, int64_t rows, size_t row_bytes, int64_t n_head);
 
 // One hyperparameter key for the GGUF header, kept free of the GGUF writer's types.
 struct HParam {
