@@ -136,14 +136,15 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// A gradual job's export regrouped for the app: the importance analysis, the
-// blocks done so far in the order they were processed, the final validation,
-// and the units not done yet. Results are whatever the job committed; a unit
-// whose metrics are not an object is listed as not done rather than trusted.
-json gradual_view(const json& exported) {
-  json out = {{"job", exported["job"]},     {"importance", nullptr}, {"blocks", json::array()},
-              {"validate", nullptr},        {"pending", json::array()}, {"other", json::object()}};
-  for (const auto& u : exported["units"]) {
+// A gradual job's units (JobStore::export_json) regrouped for the app: the
+// importance analysis, the blocks done so far in the order they were
+// processed, the final validation, and the units without a result yet
+// ("pending", with their state). A unit whose metrics are not an object is
+// listed there too rather than trusted.
+json gradual_view(const json& units) {
+  json out = {{"importance", nullptr}, {"blocks", json::array()}, {"validate", nullptr},
+              {"pending", json::array()}, {"other", json::object()}};
+  for (const auto& u : units) {
     const std::string key = u.value("key", "");
     const json& m = u["metrics"];
     if (u.value("state", "") != "done" || !m.is_object()) {
@@ -509,7 +510,7 @@ void Server::Impl::routes() {
     const int64_t id = path_id(req);
     const jobs::JobInfo info = job_or_404(st, id);
     if (info.kind != "gradual") refuse(400, fmt::format("job {} is a {} job, not a gradual one", id, info.kind));
-    json out = gradual_view(st.export_json(id));
+    json out = gradual_view(st.export_json(id)["units"]);
     out["job"] = jobs::job_json(info);
     return out;
   }));

@@ -69,11 +69,11 @@ function heat(v: number, lo: number, hi: number): string {
   return `hsl(${20 - 20 * t}, 85%, ${96 - 46 * t}%)`;
 }
 
-// "Q4_K: attn_q, attn_k · Q8_0: ffn_down": a block's types grouped by type.
-function typeSummary(types: Record<string, string> = {}): string {
+// A block's types grouped by type, one line each: "Q4_K: attn_q, attn_k".
+function typeSummary(types: Record<string, string> = {}): HTMLElement[] {
   const by = new Map<string, string[]>();
   for (const [name, t] of Object.entries(types)) by.set(t, [...(by.get(t) ?? []), layerKind(name)[1]]);
-  return [...by].map(([t, kinds]) => `${t}: ${kinds.join(', ')}`).join(' · ');
+  return [...by].map(([t, kinds]) => h('div', {}, h('b', {}, t), `: ${kinds.join(', ')}`));
 }
 
 export function gradualPage(arg: string): Page {
@@ -169,7 +169,8 @@ export function gradualPage(arg: string): Page {
       h('td', { class: 'num', 'data-col': 'order' }, b.order ?? ''),
       h('td', { class: 'num', 'data-col': 'block' }, b.block),
       h('td', { class: 'num', 'data-col': 'importance' }, num(imp?.combined)),
-      h('td', { 'data-col': 'types', title: Object.entries(b.types ?? {}).map(([n, t]) => `${n}: ${t}`).join('\n') }, typeSummary(b.types)),
+      h('td', { class: 'types', 'data-col': 'types', title: Object.entries(b.types ?? {}).map(([n, t]) => `${n}: ${t}`).join('\n') },
+        ...typeSummary(b.types)),
       h('td', { class: 'num', 'data-col': 'bits' }, b.bits ?? ''),
       h('td', { class: 'num', 'data-col': 'plain_error' }, num(b.plain_error)),
       h('td', { class: `num ${ratio !== null && ratio > 1 ? 'error' : ''}`, 'data-col': 'error' }, num(b.error)),
@@ -204,11 +205,12 @@ export function gradualPage(arg: string): Page {
   const render = (v: GradualView) => {
     const imp = new Map((v.importance?.blocks ?? []).map((b) => [b.block, b]));
     const nBlocks = imp.size || v.blocks.length + v.pending.filter((p) => p.key.startsWith('block.')).length;
-    const pend = v.pending.map((p) => p.key);
+    const running = v.pending.filter((p) => p.state === 'running').map((p) => p.key);
+    const pend = v.pending.filter((p) => p.state !== 'running').map((p) => p.key);
     out.replaceChildren(
       h('p', { id: 'gradual-summary' }, `${v.blocks.length} of ${nBlocks} blocks done · ${v.job.state}` +
         (v.importance?.safety !== undefined ? ` · safety multiplier ${v.importance.safety}` : '') +
-        (pend.length ? ` · pending: ${pend.join(', ')}` : '')),
+        (running.length ? ` · working on ${running.join(', ')}` : '') + (pend.length ? ` · not done: ${pend.join(', ')}` : '')),
       v.validate ? validateCard(v.validate) : h('p', { class: 'muted' }, 'not validated yet'),
       h('h3', {}, 'Block importance'),
       v.importance ? h('div', { class: 'chart' }, canvas) : h('p', { class: 'muted' }, 'the importance analysis has not finished'),
@@ -216,7 +218,7 @@ export function gradualPage(arg: string): Page {
       h('h3', {}, 'Blocks in processing order'),
       h('table', { class: 'grid', id: 'gradual-blocks' },
         h('thead', {}, h('tr', {}, ...['order', 'block', 'importance', 'types', 'bits', 'plain error', 'error', 'budget', 'error/budget',
-          'trained', 'recovered', 'size', 'seconds', 'predicted', 'actual', 'attempts'].map((t) => h('th', {}, t)))),
+          'trained', 'recovered', 'size', 'seconds', 'adaptive: predicted', 'actual', 'types tried'].map((t) => h('th', {}, t)))),
         h('tbody', {}, ...v.blocks.map((b) => blockRow(b, imp.get(b.block))))),
       Object.keys(v.other).length ? h('details', {}, h('summary', {}, 'other results'),
         h('pre', { class: 'log' }, JSON.stringify(v.other, null, 2))) : '');
