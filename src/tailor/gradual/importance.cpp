@@ -1,6 +1,7 @@
 #include "tailor/gradual/importance.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -438,11 +439,9 @@ Importance Importance::from_json(const nlohmann::json& j) {
       std::map<int, double> out;
       for (const auto& [k, v] : m.items()) {
         int bits = 0;
-        try {
-          bits = std::stoi(k);
-        } catch (const std::exception&) {
+        const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), bits);
+        if (ec != std::errc() || end != k.data() + k.size() || k.empty())
           fail("importance json: bit level '{}' is not a number", k);
-        }
         out[bits] = v.get<double>();
       }
       return out;
