@@ -1,6 +1,7 @@
 #include "tailor/gradual/importance.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -63,13 +64,16 @@ engine::Weight f32_like(const engine::Weight& w, std::vector<float> values) {
   return out;
 }
 
+// Round-to-nearest without importance, kept as GGML blocks.
 engine::Weight rounded(const engine::Weight& w, GgmlType type) {
   const std::vector<float> v = values_of(w);
-  std::vector<uint8_t> blocks(row_size(type, w.cols()) * size_t(w.rows()));
-  quantize_rows(type, v.data(), blocks.data(), w.rows(), w.cols(), nullptr);
-  std::vector<float> q(v.size());
-  dequantize_rows(type, blocks.data(), q.data(), w.rows(), w.cols());
-  return f32_like(w, std::move(q));
+  engine::Weight q;
+  q.shape = w.shape;
+  q.type = type;
+  q.source = w.source;
+  q.blocks.resize(row_size(type, w.cols()) * size_t(w.rows()));
+  quantize_rows(type, v.data(), q.blocks.data(), w.rows(), w.cols(), nullptr);
+  return q;
 }
 
 // FNV-1a: a seed per tensor that does not depend on the standard library.
@@ -235,7 +239,9 @@ Importance analyze_importance(engine::Model& model, const std::vector<int32_t>& 
     }
   };
 
-  std::map<std::string, engine::Weight> q4;  // the Q4_K matrices, kept for the baseline
+  // The Q4_K matrices for the baseline, kept as blocks (~0.56 bytes a weight)
+  // until they are decoded into the model.
+  std::map<std::string, engine::Weight> q4;
   for (int64_t b = 0; b < n_blocks; ++b) {
     BlockImportance& bi = imp.blocks.emplace_back();
     bi.block = b;
@@ -268,8 +274,9 @@ Importance analyze_importance(engine::Model& model, const std::vector<int32_t>& 
         return kld(cache.measure_from(b, -1, -1, {}, after));
       };
       probe(b, "rtn", [&](const std::string& m) {
-              engine::Weight w = rounded(original(m), t);
-              if (nbits == 4) q4[m] = w;
+              engine::Weight q = rounded(original(m), t);
+              engine::Weight w = f32_like(q, values_of(q));
+              if (nbits == 4) q4[m] = std::move(q);
               return w;
             }, measure_block, &MethodScores::rtn, bi, first_layer);
       bi.rtn_kld[nbits] = bi.raw.rtn;
@@ -295,7 +302,11 @@ Importance analyze_importance(engine::Model& model, const std::vector<int32_t>& 
   // block input is kept, so an upgraded block re-runs only from there.
   {
     Swaps base(model);
-    for (auto& [name, w] : q4) base.put(name, std::move(w));
+    for (auto& [name, q] : q4) {
+      engine::Weight w = f32_like(q, values_of(q));
+      q = {};
+      base.put(name, std::move(w));
+    }
     q4.clear();
     const int64_t n_win = cache.windows(), dim = model.config().hidden_size;
     std::vector<std::vector<std::vector<float>>> base_in(static_cast<size_t>(n_blocks));  // [block][window]
@@ -438,11 +449,9 @@ Importance Importance::from_json(const nlohmann::json& j) {
       std::map<int, double> out;
       for (const auto& [k, v] : m.items()) {
         int bits = 0;
-        try {
-          bits = std::stoi(k);
-        } catch (const std::exception&) {
+        const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), bits);
+        if (ec != std::errc() || end != k.data() + k.size() || k.empty())
           fail("importance json: bit level '{}' is not a number", k);
-        }
         out[bits] = v.get<double>();
       }
       return out;
