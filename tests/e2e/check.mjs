@@ -7,7 +7,8 @@
 // (`tailor quantize` with llama.cpp's Q4_K_M recipe), kld-q4_k_m (tailor
 // eval's KL divergence of that file from the F32 one against llama.cpp's
 // logits), kld-strategy (the same for a mixed file from measure + plan +
-// quantize --target-bpw). Prints one JSON line of figures; exits 1 on failure.
+// quantize --target-bpw), kld-gradual (the same for a file of trained blocks from
+// `tailor gradual`). Prints one JSON line of figures; exits 1 on failure.
 import {execFileSync} from "node:child_process";
 import {mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from "node:fs";
 import {join} from "node:path";
@@ -49,6 +50,24 @@ function planned(folder, bpw, out) {
   const summary = JSON.parse(run(["quantize", folder, "-o", out, "--target-bpw", String(bpw), "--db", db, "--json"]));
   rmSync(db, {force: true});
   return summary;
+}
+
+// A file from `tailor gradual` (trained rounding), small settings so it runs in a minute or two.
+function gradual(folder, out) {
+  const db = join(args.work, "gradual-jobs.db");
+  rmSync(db, {force: true});
+  const json = execFileSync(args.tailor, [
+    "gradual", folder, "--text", join(args.shared, "text", "calibration.txt"), "--target-size", "Q3_K_M",
+    "--ctx", "64", "--samples", "32", "--small-sample", "16", "--ladder", "8,4", "--attn-epochs", "1",
+    "--mlp-epochs", "1", "--joint-epochs", "1", "--measure-types", "Q8_0,Q4_K,Q3_K,Q2_K", "--measure-windows", "2",
+    "--measure-ctx", "128", "--importance-windows", "2", "--importance-ctx", "128", "--windows", "2",
+    "--eval-ctx", "256", "--db", db, "-o", out, "--json"],
+    {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 1 << 28});
+  rmSync(db, {force: true});
+  rmSync(db + ".gradual", {recursive: true, force: true});
+  const units = JSON.parse(json).report.units;
+  const v = units.find((u) => u.key === "validate").metrics;
+  return {bits_per_weight: v.bpw};
 }
 
 const readJson = (p) => JSON.parse(readFileSync(p, "utf8"));
@@ -381,7 +400,8 @@ async function kld(recipe, bpw = 0) {
   const base = join(args.work, "kld-base.bin"), dump = join(args.work, "kld-tokens.json");
   const text = join(args.shared, "text", "eval.txt");
   convert(dir, "F32", refFile);
-  const summary = bpw > 0 ? planned(dir, bpw, qFile) : quantize(dir, recipe, qFile);
+  const summary = recipe === "gradual" ? gradual(dir, qFile)
+                  : bpw > 0 ? planned(dir, bpw, qFile) : quantize(dir, recipe, qFile);
   const evalArgs = ["--text", text, "--ctx", String(ctx), "--chunks", String(chunks), "--json"];
   const tailorEval = (a) => JSON.parse(execFileSync(args.tailor, ["eval", ...a],
                                                     {encoding: "utf8", stdio: ["ignore", "pipe", "pipe"]}));
@@ -477,6 +497,7 @@ try {
   else if (args.case === "llama30m-q4_k_m") result = await trained("llama-30m", "Q4_K_M", "Q4_K_M");
   else if (args.case === "kld-q4_k_m") result = await kld("Q4_K_M");
   else if (args.case === "kld-strategy") result = await kld("strategy", 3.5);
+  else if (args.case === "kld-gradual") result = await kld("gradual");
   else if (args.case === "moe26m-q8_0") result = await trained("moe-26m", "Q8_0");
   else if (args.case === "ppl-f32") result = await perplexity("F32");
   else if (args.case === "ppl-q8_0") result = await perplexity("Q8_0");

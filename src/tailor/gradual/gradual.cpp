@@ -151,8 +151,8 @@ namespace {
 struct Calibration {
   int64_t seqs = 0, n_ctx = 0, dim = 0;
   std::vector<std::vector<float>> acts;
-  BlockData block(int64_t b) const {
-    return {acts[size_t(b)].data(), acts[size_t(b + 1)].data(), seqs, n_ctx, dim};
+  BlockData block(int64_t b, const float* channel_weight) const {
+    return {acts[size_t(b)].data(), acts[size_t(b + 1)].data(), seqs, n_ctx, dim, channel_weight};
   }
 };
 
@@ -179,6 +179,39 @@ Calibration collect_calibration(engine::Model& model, const std::vector<int32_t>
   return c;
 }
 
+// How much an error in each channel of the residual stream after `block`
+// reaches what reads it: every later norm's weight squared times the squared
+// column norms of the matrices reading that norm's output (q, k, v; gate, up;
+// the output layer), summed and scaled to mean 1. A first-order sensitivity,
+// free to compute, that ranks channels as the model uses them.
+std::vector<float> downstream_weights(engine::Model& m, int64_t block) {
+  const int64_t dim = m.config().hidden_size;
+  std::vector<double> w(static_cast<size_t>(dim), 0.0);
+  auto add = [&](const std::string& norm, std::initializer_list<std::string> readers) {
+    const engine::Weight& g = m.weight(norm);
+    for (const std::string& r : readers) {
+      const engine::Weight& W = m.weight(r);
+      if (W.quantized() || W.cols() != dim) fail("gradual: {} is not an f32 [*, {}] matrix", r, dim);
+      for (int64_t row = 0; row < W.rows(); ++row)
+        for (int64_t j = 0; j < dim; ++j) {
+          const double v = W.f32[size_t(row * dim + j)];
+          w[size_t(j)] += double(g.f32[size_t(j)]) * g.f32[size_t(j)] * v * v;
+        }
+    }
+  };
+  for (int64_t b = block + 1; b < m.num_layers(); ++b) {
+    const std::string p = fmt::format("blk.{}.", b);
+    add(p + "attn_norm.weight", {p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"});
+    add(p + "ffn_norm.weight", {p + "ffn_gate.weight", p + "ffn_up.weight"});
+  }
+  add("output_norm.weight", {m.find_weight("output.weight") ? "output.weight" : "token_embd.weight"});
+  double mean = 0;
+  for (double v : w) mean += v / double(dim);
+  std::vector<float> out(static_cast<size_t>(dim));
+  for (int64_t j = 0; j < dim; ++j) out[size_t(j)] = mean > 0 ? float(w[size_t(j)] / mean) : 1.0f;
+  return out;
+}
+
 struct Context {
   std::string model_path;
   Settings s;
@@ -189,6 +222,7 @@ struct Context {
   std::optional<Calibration> calib;
   Importance importance;
   std::vector<double> thresholds;  // per block, relative output error
+  std::vector<std::vector<float>> channel_weights;  // per block (downstream_weights)
   double total_budget = 0;         // ΔKL the blocks share
 };
 
@@ -233,7 +267,7 @@ GgmlType finer_type(const Settings& s, GgmlType t, GgmlType above) {
 json progressive_block(Context& c, int64_t layer, int64_t order, const RunOptions& opt) {
   const double t0 = now_s();
   const double thr = c.thresholds.at(size_t(layer));
-  const BlockData d = c.calib->block(layer);
+  const BlockData d = c.calib->block(layer, c.channel_weights.at(size_t(layer)).data());
   BlockQuantizer q(c.model, layer, &c.imatrix, c.s.train);
   LayerTypes best;
   best.fill(GgmlType::F16);
@@ -532,6 +566,7 @@ void Worker::ensure_calibration() {
   say(opt_, fmt::format("calibration: {} sequences of {} tokens through the unquantized model",
                         c_.s.samples, c_.s.n_ctx));
   c_.calib = collect_calibration(c_.model, c_.calib_tokens, c_.s.n_ctx, c_.s.samples);
+  for (int64_t b = 0; b < L_; ++b) c_.channel_weights.push_back(downstream_weights(c_.model, b));
 }
 
 void Worker::importance() {
@@ -652,8 +687,13 @@ void Worker::finals() {
       auto u = store_.claim_unit(job_, key);
       if (!u) fail("gradual job {}: unit {} is claimed by another worker", job_, key);
       const Calibration& cal = *c_.calib;
-      const BlockData d{x.data(), cal.acts[size_t(b + 1)].data(), cal.seqs, cal.n_ctx, cal.dim};
-      BlockQuantizer q(c_.model, b, &c_.imatrix, c_.s.train);
+      const BlockData d{x.data(), cal.acts[size_t(b + 1)].data(), cal.seqs, cal.n_ctx, cal.dim,
+                        c_.channel_weights.at(size_t(b)).data()};
+      // The types are settled: nothing is gained by stopping early, so the
+      // final training always runs the whole schedule on the whole sample.
+      TrainOptions to = c_.s.train;
+      to.adaptive = false;
+      BlockQuantizer q(c_.model, b, &c_.imatrix, to);
       q.set_types(types);
       const double thr = c_.thresholds.at(size_t(b));
       const TrainReport r = q.train(d, thr);

@@ -115,6 +115,16 @@ BlockParams BlockQuantizer::params() const {
   return p;
 }
 
+void BlockQuantizer::accumulate(const BlockData& d, int64_t off, int64_t count, double& num,
+                                double& den) const {
+  for (int64_t i = 0; i < count; ++i) {
+    const double w = d.channel_weight != nullptr ? d.channel_weight[i % d.dim] : 1.0;
+    const double t = d.y[off + i], e = y_[size_t(i)] - t;
+    num += w * e * e;
+    den += w * t * t;
+  }
+}
+
 double BlockQuantizer::error(const BlockData& d, int64_t seqs) {
   if (seqs < 0 || seqs > d.seqs) seqs = d.seqs;
   const BlockParams p = params();
@@ -125,11 +135,7 @@ double BlockQuantizer::error(const BlockData& d, int64_t seqs) {
     const int64_t count = n * d.n_ctx * d.dim, off = s0 * d.n_ctx * d.dim;
     y_.resize(size_t(count));
     tape_.forward(p, d.x + off, lengths, y_.data());
-    for (int64_t i = 0; i < count; ++i) {
-      const double t = d.y[off + i], e = y_[size_t(i)] - t;
-      num += e * e;
-      den += t * t;
-    }
+    accumulate(d, off, count, num, den);
   }
   return den > 0 ? num / den : 0.0;
 }
@@ -153,13 +159,12 @@ void BlockQuantizer::epoch(const BlockData& d, int64_t seqs, const std::vector<i
     const BlockParams p = params();
     tape_.forward(p, d.x + off, lengths, y_.data());
     double num = 0, den = 0;
-    for (int64_t i = 0; i < count; ++i) {
-      const double t = d.y[off + i], e = y_[size_t(i)] - t;
-      num += e * e;
-      den += t * t;
-    }
+    accumulate(d, off, count, num, den);
     const float scale = den > 0 ? float(2.0 / den) : 0.0f;
-    for (int64_t i = 0; i < count; ++i) dy_[size_t(i)] = scale * (y_[size_t(i)] - d.y[off + i]);
+    for (int64_t i = 0; i < count; ++i) {
+      const float w = d.channel_weight != nullptr ? d.channel_weight[i % d.dim] : 1.0f;
+      dy_[size_t(i)] = scale * w * (y_[size_t(i)] - d.y[off + i]);
+    }
     tape_.backward(p, dy_.data(), g);
     for (int i : lins)
       if (g[size_t(i)] != nullptr)
