@@ -217,6 +217,15 @@ TEST(GradualCli, KilledJobResumesFromTheLastFinishedUnit) {
     ++checked;
   }
   EXPECT_EQ(checked, 56);
+  // The output matrix, trained on the KL divergence, is in the file as trained.
+  const auto out_unit = store.unit_metrics(job, "final.output");
+  ASSERT_TRUE(out_unit.has_value());
+  if (out_unit->value("trained", false)) {
+    std::ifstream part(parts + "/output.weight.bin", std::ios::binary);
+    const std::vector<uint8_t> want{std::istreambuf_iterator<char>(part), {}};
+    EXPECT_EQ(g.weight("output.weight").blocks, want);
+    EXPECT_LT(out_unit->at("kl_after").get<double>(), out_unit->at("kl_before").get<double>());
+  }
   const double kld = validate->at("kld").get<double>(), plain = validate->at("plain_plan").at("kld").get<double>();
   std::printf("quick run: gradual KLD %.5f vs plain plan %.5f (%.2fx), %.3f bpw\n", kld, plain, kld / plain,
               validate->at("bpw").get<double>());
@@ -230,7 +239,7 @@ TEST(GradualCli, BadInputGetsOneLineErrors) {
   r = run_cli("gradual " + kModel + " --text " + kCalib + " --ladder 4,8 --db " + scratch("bad2.db"));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("must fall"), std::string::npos) << r.err;
-  r = run_cli("gradual " + kShared + "/models/tiny-qwen2_moe --text " + kCalib + " --db " + scratch("bad3.db"));
+  r = run_cli("gradual " + kShared + "/models/moe-26m --text " + kCalib + " --db " + scratch("bad3.db"));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("experts"), std::string::npos) << r.err;
   r = run_cli("gradual " + kModel + " --text /nonexistent.txt --db " + scratch("bad4.db"));

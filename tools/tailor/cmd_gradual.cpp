@@ -209,6 +209,8 @@ void register_gradual(CLI::App& app) {
   cmd->add_option("--joint-epochs", a->s.train.joint.epochs, "Joint epochs")->capture_default_str();
   cmd->add_option("--joint-lr", a->s.train.joint.lr, "Joint step")->capture_default_str();
   cmd->add_option("--max-recover", a->s.max_recover, "Layers reverted per attempt by layer-level recovery")->capture_default_str();
+  cmd->add_option("--output-epochs", a->s.output_epochs, "Epochs of training the output matrix on the KL divergence (0: none)")
+      ->capture_default_str();
   cmd->add_flag("--genetic", a->s.genetic, "Refine the greedy type trading with a genetic search (50 x 20)");
   cmd->add_option("--windows", a->s.eval_windows, "Validation windows")->capture_default_str();
   cmd->add_option("--eval-ctx", a->s.eval_ctx, "Tokens per validation window")->capture_default_str();

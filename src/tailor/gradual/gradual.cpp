@@ -10,6 +10,7 @@
 
 #include "tailor/convert/convert.h"
 #include "tailor/eval/run_eval.h"
+#include "tailor/gradual/output_trainer.h"
 #include "tailor/gradual/trading.h"
 #include "tailor/plan/evaluate.h"
 #include "tailor/plan/planner.h"
@@ -38,27 +39,6 @@ std::vector<GgmlType> types_of(const json& a) {
   std::vector<GgmlType> v;
   for (const auto& n : a) v.push_back(type_named(n.get<std::string>()));
   return v;
-}
-
-json importance_options_json(const ImportanceOptions& o) {
-  return {{"n_ctx", o.n_ctx}, {"windows", o.windows}, {"top_k", o.top_k}, {"noise_sigma", o.noise_sigma},
-          {"w_rtn", o.w_rtn}, {"w_upgrade", o.w_upgrade}, {"w_disable", o.w_disable}, {"w_noise", o.w_noise},
-          {"seed", o.seed}, {"layers", o.layers}};
-}
-
-ImportanceOptions importance_options_from_json(const json& j) {
-  ImportanceOptions o;
-  o.n_ctx = j.at("n_ctx").get<int64_t>();
-  o.windows = j.at("windows").get<int64_t>();
-  o.top_k = j.at("top_k").get<int64_t>();
-  o.noise_sigma = j.at("noise_sigma").get<double>();
-  o.w_rtn = j.at("w_rtn").get<double>();
-  o.w_upgrade = j.at("w_upgrade").get<double>();
-  o.w_disable = j.at("w_disable").get<double>();
-  o.w_noise = j.at("w_noise").get<double>();
-  o.seed = j.at("seed").get<uint64_t>();
-  o.layers = j.at("layers").get<bool>();
-  return o;
 }
 
 json phase_json(const TrainPhase& p) { return {{"epochs", p.epochs}, {"lr", p.lr}}; }
@@ -95,6 +75,7 @@ json Settings::to_json() const {
             {"ladder", ladder},
             {"levels", lv},
             {"max_recover", max_recover},
+            {"output_epochs", output_epochs},
             {"importance", importance_options_json(importance)},
             {"safety", safety},
             {"genetic", genetic},
@@ -126,6 +107,7 @@ Settings Settings::from_json(const json& j) {
     s.levels.clear();
     for (const auto& [bits, types] : j.at("levels").items()) s.levels[std::stoi(bits)] = types_of(types);
     s.max_recover = j.at("max_recover").get<int>();
+    s.output_epochs = j.at("output_epochs").get<int>();
     s.importance = importance_options_from_json(j.at("importance"));
     s.safety = j.at("safety").get<double>();
     s.genetic = j.at("genetic").get<bool>();
@@ -221,7 +203,7 @@ struct Context {
   json measurement;  // export of the measure job
   std::optional<Calibration> calib;
   Importance importance;
-  std::vector<double> thresholds;  // per block, relative output error
+  std::vector<double> kld_budgets;  // per block, the ΔKL share it may spend
   std::vector<std::vector<float>> channel_weights;  // per block (downstream_weights)
   double total_budget = 0;         // ΔKL the blocks share
 };
@@ -264,10 +246,28 @@ GgmlType finer_type(const Settings& s, GgmlType t, GgmlType above) {
   return above;
 }
 
+constexpr double kRecoverWithin = 2.0;
+
 json progressive_block(Context& c, int64_t layer, int64_t order, const RunOptions& opt) {
   const double t0 = now_s();
-  const double thr = c.thresholds.at(size_t(layer));
   const BlockData d = c.calib->block(layer, c.channel_weights.at(size_t(layer)).data());
+  // The block's KLD share in this walk's own error measure: the importance
+  // analysis measured the KLD of the block at Q4_K by plain rounding; the
+  // same configuration's error here gives the gain that converts it.
+  const BlockImportance* bi = nullptr;
+  for (const BlockImportance& b : c.importance.blocks)
+    if (b.block == layer) bi = &b;
+  double gain = bi != nullptr ? bi->gain : 1.0;
+  if (bi != nullptr && bi->rtn_kld.count(4) && row_ok(c.model, layer, GgmlType::Q4_K)) {
+    BlockQuantizer g(c.model, layer, nullptr, c.s.train);
+    LayerTypes q4;
+    q4.fill(GgmlType::Q4_K);
+    g.set_types(q4);
+    const double e4 = g.error(d);
+    if (e4 > 0) gain = bi->rtn_kld.at(4) / e4;
+  }
+  const double kld_budget = c.kld_budgets.at(size_t(layer));
+  const double thr = gain > 0 ? kld_budget / gain : 0.0;
   BlockQuantizer q(c.model, layer, &c.imatrix, c.s.train);
   LayerTypes best;
   best.fill(GgmlType::F16);
@@ -302,7 +302,9 @@ json progressive_block(Context& c, int64_t layer, int64_t order, const RunOption
                     {"stopped_early", r.stopped_early}};
       }
       json recovered = json::array();
-      while (err > thr && int(recovered.size()) < c.s.max_recover) {
+      // Recovery reverts single matrices: it can close a gap of some tens of
+      // percent, not a factor. Further off, the next type is the better try.
+      while (err > thr && err <= kRecoverWithin * thr && int(recovered.size()) < c.s.max_recover) {
         // Which single layer, made finer, lowers the block's error most?
         int pick = -1;
         double pick_err = err;
@@ -349,6 +351,8 @@ json progressive_block(Context& c, int64_t layer, int64_t order, const RunOption
             {"types", types_json(layer, best)},
             {"error", best_error},
             {"threshold", thr},
+            {"kld_budget", kld_budget},
+            {"gain", gain},
             {"plain_error", best_plain},
             {"trained", best_trained},
             {"recovered", json::array()},
@@ -395,7 +399,8 @@ json importance_unit(const Importance& imp, const std::vector<double>& thr, cons
   json blocks = json::array(), layers = json::array();
   for (size_t i = 0; i < imp.blocks.size(); ++i) {
     const BlockImportance& b = imp.blocks[i];
-    json j = {{"block", b.block}, {"gain", b.gain}, {"threshold", thr.at(size_t(b.block))}};
+    json j = {{"block", b.block}, {"gain", b.gain}, {"threshold", thr.at(size_t(b.block))},
+              {"kld_budget", thr.at(size_t(b.block))}};
     scores(j, b.s);
     json rk = json::object();
     for (const auto& [bits, v] : b.rtn_kld) rk[std::to_string(bits)] = v;
@@ -501,6 +506,7 @@ std::vector<std::string> unit_keys(int64_t layers) {
   for (int64_t b = 0; b < layers; ++b) u.push_back(fmt::format("block.{}", b));
   u.push_back("trade");
   for (int64_t b = 0; b < layers; ++b) u.push_back(fmt::format("final.{}", b));
+  u.push_back("final.output");
   u.push_back("validate");
   return u;
 }
@@ -532,6 +538,7 @@ class Worker {
   void blocks();
   void trade();
   void finals();
+  void output(const std::vector<float>& x);
   void validate();
   std::vector<json> block_results();
 
@@ -578,7 +585,9 @@ void Worker::importance() {
     // plan at the memory target is predicted to cost.
     const double total = c_.s.max_ppl_increase ? std::log1p(*c_.s.max_ppl_increase / 100.0)
                                                : p.allocation.total_cost;
-    const std::vector<double> thr = block_thresholds(imp, total, c_.s.safety);
+    // Each block's share of it; the walk converts a share into its own error
+    // measure (progressive_block). The GUI shows the share as the budget.
+    const std::vector<double> thr = block_kld_budgets(imp, total, c_.s.safety);
     store_.commit_result(u->id, importance_unit(imp, thr, c_.s, total));
     report("importance", fmt::format("done in {:.1f} s", imp.seconds));
   }
@@ -586,8 +595,8 @@ void Worker::importance() {
   if (!m) fail("gradual job {}: the importance analysis is not done", job_);
   c_.importance = Importance::from_json(m->at("analysis"));
   c_.total_budget = m->at("total_kld_budget").get<double>();
-  c_.thresholds.assign(size_t(L_), 0.0);
-  for (const json& b : m->at("blocks")) c_.thresholds.at(b.at("block").get<size_t>()) = b.at("threshold").get<double>();
+  c_.kld_budgets.assign(size_t(L_), 0.0);
+  for (const json& b : m->at("blocks")) c_.kld_budgets.at(b.at("block").get<size_t>()) = b.at("threshold").get<double>();
 }
 
 void Worker::blocks() {
@@ -669,7 +678,7 @@ void Worker::finals() {
     if (should_stop(why)) throw why;
     const std::string key = fmt::format("final.{}", b);
     const auto done = store_.unit_metrics(job_, key);
-    if (done && b == L_ - 1) break;
+    if (done && b == L_ - 1 && store_.unit_metrics(job_, "final.output")) return;
     ensure_calibration();
     if (x.empty()) x = c_.calib->acts[0];
     LayerTypes types = types_from(b, tr->at("types"));
@@ -695,7 +704,8 @@ void Worker::finals() {
       to.adaptive = false;
       BlockQuantizer q(c_.model, b, &c_.imatrix, to);
       q.set_types(types);
-      const double thr = c_.thresholds.at(size_t(b));
+      const auto bm = store_.unit_metrics(job_, fmt::format("block.{}", b));
+      const double thr = bm ? bm->at("threshold").get<double>() : 0.0;
       const TrainReport r = q.train(d, thr);
       for (int i = 0; i < kNumLin; ++i) {
         save_part(dir, block_name(b, i), q.blocks(i));
@@ -707,8 +717,48 @@ void Worker::finals() {
       store_.commit_result(u->id, j);
       report(key, fmt::format("error {:.4g} (plain {:.4g}) in {:.1f} s", r.after, r.before, r.seconds));
     }
-    if (b + 1 < L_) advance(c_.model, b, wp, x, c_.calib->seqs, c_.calib->n_ctx, c_.s.train.batch);
+    advance(c_.model, b, wp, x, c_.calib->seqs, c_.calib->n_ctx, c_.s.train.batch);
   }
+  output(x);
+}
+
+void Worker::output(const std::vector<float>& x) {
+  auto u = store_.claim_unit(job_, "final.output");
+  if (!u) return;
+  const auto tr = store_.unit_metrics(job_, "trade");
+  const engine::Weight* w = c_.model.find_weight("output.weight");
+  json j = {{"tensor", "output.weight"}, {"trained", false}};
+  const GgmlType type = w != nullptr && tr->at("types").contains("output.weight")
+                            ? type_named(tr->at("types").at("output.weight").get<std::string>())
+                            : GgmlType::F32;
+  if (w == nullptr || !rounding_trainable(type) || w->quantized() || c_.s.output_epochs <= 0) {
+    // Tied embeddings (the matrix is also the lookup table) or a plain-only type.
+    store_.commit_result(u->id, j);
+    return;
+  }
+  const Calibration& cal = *c_.calib;
+  OutputData d;
+  d.x_quant = x.data();
+  d.x_ref = cal.acts[size_t(L_)].data();
+  d.norm = c_.model.weight("output_norm.weight").f32.data();
+  d.w_ref = w->f32.data();
+  d.rows = cal.seqs * cal.n_ctx;
+  d.dim = cal.dim;
+  d.vocab = w->rows();
+  d.eps = float(c_.model.config().rms_norm_eps);
+  std::vector<float> imp;
+  if (const eval::ImatrixEntry* e = c_.imatrix.find("output.weight")) imp = e->values();
+  TrainableMatrix tm(type, w->f32.data(), w->rows(), w->cols(), imp.size() == size_t(w->cols()) ? imp.data() : nullptr);
+  const TrainReport r = train_output(tm, d, c_.s.output_epochs, c_.s.train.attn.lr,
+                                     c_.s.train.attn.lr * c_.s.train.scale_lr_factor);
+  save_part(parts_dir(store_, job_), "output.weight", tm.blocks());
+  j["trained"] = true;
+  j["type"] = std::string(type_name(type));
+  j["train"] = r.to_json();
+  j["kl_before"] = r.before;
+  j["kl_after"] = r.after;
+  store_.commit_result(u->id, j);
+  report("final.output", fmt::format("{}: KL {:.4g} -> {:.4g} in {:.1f} s", type_name(type), r.before, r.after, r.seconds));
 }
 
 void Worker::validate() {
@@ -725,6 +775,10 @@ void Worker::validate() {
       const engine::Weight& w = c_.model.weight(n);
       blocks[n] = load_part(dir, n, row_size(types.at(n), w.cols()) * size_t(w.rows()));
     }
+  if (const auto o = store_.unit_metrics(job_, "final.output"); o && o->value("trained", false)) {
+    const engine::Weight& w = c_.model.weight("output.weight");
+    blocks["output.weight"] = load_part(dir, "output.weight", row_size(types.at("output.weight"), w.cols()) * size_t(w.rows()));
+  }
   say(opt_, fmt::format("validation: {} windows of {} tokens of {}", c_.s.eval_windows, c_.s.eval_ctx,
                         c_.s.eval.empty() ? c_.s.text : c_.s.eval));
   plan::AssignmentEvaluator ev(c_.model, c_.eval_tokens, c_.s.eval_ctx, c_.s.eval_windows, &c_.imatrix);
@@ -818,6 +872,12 @@ void write_output(jobs::JobStore& store, int64_t job, Context& c, const std::str
       const engine::Weight& w = c.model.weight(n);
       co.tensor_blocks[n] = load_part(dir, n, row_size(t, w.cols()) * size_t(w.rows()));
     }
+  if (const auto o = store.unit_metrics(job, "final.output"); o && o->value("trained", false) &&
+                                                               tr->at("types").at("output.weight") == v->at("types").at("output.weight")) {
+    const engine::Weight& w = c.model.weight("output.weight");
+    co.tensor_blocks["output.weight"] =
+        load_part(dir, "output.weight", row_size(co.tensor_types.at("output.weight"), w.cols()) * size_t(w.rows()));
+  }
   co.file_type = dominant_file_type(c.model_path, co.tensor_types);
   co.imatrix = &c.imatrix;
   convert_hf_to_gguf(co);

@@ -43,6 +43,7 @@ struct Settings {
   // Types per bit level, coarse to fine (least scale overhead first).
   std::map<int, std::vector<GgmlType>> levels;
   int max_recover = 3;    // layers reverted per attempt
+  int output_epochs = 4;  // training of the output matrix on the KL divergence (0: none)
   ImportanceOptions importance;
   double safety = 2.0;
   std::optional<double> max_ppl_increase;  // percent

@@ -407,13 +407,31 @@ nlohmann::json by_bits_json(const std::map<int, double>& m) {
 
 }  // namespace
 
+nlohmann::json importance_options_json(const ImportanceOptions& o) {
+  return {{"n_ctx", o.n_ctx}, {"windows", o.windows}, {"top_k", o.top_k}, {"noise_sigma", o.noise_sigma},
+          {"w_rtn", o.w_rtn}, {"w_upgrade", o.w_upgrade}, {"w_disable", o.w_disable}, {"w_noise", o.w_noise},
+          {"seed", o.seed}, {"layers", o.layers}};
+}
+
+ImportanceOptions importance_options_from_json(const nlohmann::json& o) {
+  ImportanceOptions io;
+  io.n_ctx = o.at("n_ctx").get<int64_t>();
+  io.windows = o.at("windows").get<int64_t>();
+  io.top_k = o.at("top_k").get<int64_t>();
+  io.noise_sigma = o.at("noise_sigma").get<double>();
+  io.w_rtn = o.at("w_rtn").get<double>();
+  io.w_upgrade = o.at("w_upgrade").get<double>();
+  io.w_disable = o.at("w_disable").get<double>();
+  io.w_noise = o.at("w_noise").get<double>();
+  io.seed = o.at("seed").get<uint64_t>();
+  io.layers = o.at("layers").get<bool>();
+  return io;
+}
+
 nlohmann::json Importance::to_json() const {
   nlohmann::json j;
   j["version"] = 1;
-  const ImportanceOptions& o = options;
-  j["options"] = {{"n_ctx", o.n_ctx}, {"windows", o.windows}, {"top_k", o.top_k},
-                  {"noise_sigma", o.noise_sigma}, {"w_rtn", o.w_rtn}, {"w_upgrade", o.w_upgrade},
-                  {"w_disable", o.w_disable}, {"w_noise", o.w_noise}, {"seed", o.seed}, {"layers", o.layers}};
+  j["options"] = importance_options_json(options);
   j["baseline4_kld"] = baseline4_kld;
   j["seconds"] = seconds;
   j["blocks"] = nlohmann::json::array();
@@ -431,18 +449,7 @@ Importance Importance::from_json(const nlohmann::json& j) {
   try {
     if (j.at("version").get<int>() != 1) fail("importance json: version {} is not 1", j.at("version").dump());
     Importance imp;
-    const nlohmann::json& o = j.at("options");
-    ImportanceOptions& io = imp.options;
-    io.n_ctx = o.at("n_ctx").get<int64_t>();
-    io.windows = o.at("windows").get<int64_t>();
-    io.top_k = o.at("top_k").get<int64_t>();
-    io.noise_sigma = o.at("noise_sigma").get<double>();
-    io.w_rtn = o.at("w_rtn").get<double>();
-    io.w_upgrade = o.at("w_upgrade").get<double>();
-    io.w_disable = o.at("w_disable").get<double>();
-    io.w_noise = o.at("w_noise").get<double>();
-    io.seed = o.at("seed").get<uint64_t>();
-    io.layers = o.at("layers").get<bool>();
+    imp.options = importance_options_from_json(j.at("options"));
     imp.baseline4_kld = j.at("baseline4_kld").get<double>();
     imp.seconds = j.at("seconds").get<double>();
     const auto bits_map = [](const nlohmann::json& m) {

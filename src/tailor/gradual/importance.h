@@ -61,6 +61,11 @@ struct LayerImportance {
   MethodScores raw, s;
 };
 
+// The options as JSON (job settings, stored analyses); from_json throws on a
+// missing or mistyped field.
+nlohmann::json importance_options_json(const ImportanceOptions& o);
+ImportanceOptions importance_options_from_json(const nlohmann::json& j);
+
 struct Importance {
   std::vector<BlockImportance> blocks;
   std::vector<LayerImportance> layers;
