@@ -965,10 +965,7 @@ RunResult run_gradual(jobs::JobStore& store, const std::string& model_path, cons
 
 RunResult resume_gradual(jobs::JobStore& store, int64_t job_id, const std::string& model_path,
                          const RunOptions& opt) {
-  const jobs::JobInfo info = store.job(job_id);
-  if (info.kind != "gradual") fail("job {} is a {} job, not a gradual one", job_id, info.kind);
-  const std::string path = model_path.empty() ? info.model.path : model_path;
-  jobs::check_model_unchanged(info, path);
+  const auto [info, path] = jobs::job_to_resume(store, job_id, "gradual", model_path);
   return work(store, job_id, path, Settings::from_json(info.settings), opt);
 }
 

@@ -137,6 +137,11 @@ class JobStore {
 // safetensors/GGUF header (not the tensor data, so it is quick on big models).
 // `path` is a model folder or a single .safetensors/.gguf file.
 std::string model_content_hash(const std::string& path);
+// For resuming job `id` of `kind`: the job, and the model path to use
+// (`model_path`, else the job's own), checked to hash as it did. Error for
+// another kind of job or a model that changed.
+std::pair<JobInfo, std::string> job_to_resume(JobStore& store, int64_t id, const std::string& kind,
+                                               const std::string& model_path);
 // A job's reference to a model on disk: its absolute path and content hash.
 ModelRef local_model_ref(const std::string& path);
 // Throws Error when the files at `path` no longer hash to the job's model hash.

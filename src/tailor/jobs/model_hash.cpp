@@ -102,6 +102,15 @@ void check_model_unchanged(const JobInfo& job, const std::string& path) {
          now, job.model.hash);
 }
 
+std::pair<JobInfo, std::string> job_to_resume(JobStore& store, int64_t id, const std::string& kind,
+                                               const std::string& model_path) {
+  JobInfo info = store.job(id);
+  if (info.kind != kind) fail("job {} is a {} job, not a {} job", id, info.kind, kind);
+  std::string path = model_path.empty() ? info.model.path : model_path;
+  check_model_unchanged(info, path);
+  return {std::move(info), std::move(path)};
+}
+
 ModelRef local_model_ref(const std::string& path) {
   ModelRef m;
   m.path = std::filesystem::absolute(path).lexically_normal().string();

@@ -502,10 +502,7 @@ RunResult run_measure(jobs::JobStore& store, const std::string& model_path, cons
 
 RunResult resume_measure(jobs::JobStore& store, int64_t job_id, const std::string& model_path,
                          const RunOptions& opt) {
-  const jobs::JobInfo info = store.job(job_id);
-  if (info.kind != "measure") fail("job {} is a {} job, not a measurement", job_id, info.kind);
-  const std::string path = model_path.empty() ? info.model.path : model_path;
-  jobs::check_model_unchanged(info, path);
+  const auto [info, path] = jobs::job_to_resume(store, job_id, "measure", model_path);
   const Settings s = Settings::from_json(info.settings);
   return work(store, job_id, path, s, load_context(path, s), opt);
 }
