@@ -119,6 +119,13 @@ void run(GradualArgs& a) {
     if (!bar) bar = std::make_unique<tailor::Progress>("gradual", "units");
     bar->update(p.done, p.total);
   };
+  std::unique_ptr<tailor::Progress> steps;
+  opt.on_steps = [&](const std::string& unit, int64_t done, int64_t total) {
+    if (!show) return;
+    if (!steps) steps = std::make_unique<tailor::Progress>(unit, "steps");
+    steps->update(done, total);
+    if (done == total) steps.reset();
+  };
   g_stop = false;
   std::signal(SIGINT, on_pause_signal);
   gradual::RunResult r;
@@ -209,6 +216,10 @@ void register_gradual(CLI::App& app) {
   cmd->add_option("--joint-epochs", a->s.train.joint.epochs, "Joint epochs")->capture_default_str();
   cmd->add_option("--joint-lr", a->s.train.joint.lr, "Joint step")->capture_default_str();
   cmd->add_option("--max-recover", a->s.max_recover, "Layers reverted per attempt by layer-level recovery")->capture_default_str();
+  cmd->add_option("--e2e-epochs", a->s.e2e_epochs, "Epochs of training all matrices together on the model's KL divergence (0: none)")
+      ->capture_default_str();
+  cmd->add_option("--e2e-lr", a->s.e2e_lr, "Signed step of the rounding offsets in end-to-end training")
+      ->capture_default_str();
   cmd->add_option("--output-epochs", a->s.output_epochs, "Epochs of training the output matrix on the KL divergence (0: none)")
       ->capture_default_str();
   cmd->add_flag("--genetic", a->s.genetic, "Refine the greedy type trading with a genetic search (50 x 20)");

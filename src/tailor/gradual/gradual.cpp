@@ -1,7 +1,6 @@
 #include "tailor/gradual/gradual.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +9,7 @@
 
 #include "tailor/convert/convert.h"
 #include "tailor/eval/run_eval.h"
+#include "tailor/gradual/e2e_trainer.h"
 #include "tailor/gradual/output_trainer.h"
 #include "tailor/gradual/trading.h"
 #include "tailor/plan/evaluate.h"
@@ -17,6 +17,7 @@
 #include "tailor/plan/quantize.h"
 #include "tailor/quant/codec.h"
 #include "tailor/util/atomic_file.h"
+#include "tailor/util/clock.h"
 #include "tailor/util/error.h"
 
 namespace tailor::gradual {
@@ -24,10 +25,6 @@ namespace {
 
 using nlohmann::json;
 
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
 
 json type_list(const std::vector<GgmlType>& v) {
   json a = json::array();
@@ -76,6 +73,8 @@ json Settings::to_json() const {
             {"levels", lv},
             {"max_recover", max_recover},
             {"output_epochs", output_epochs},
+            {"e2e_epochs", e2e_epochs},
+            {"e2e_lr", e2e_lr},
             {"importance", importance_options_json(importance)},
             {"safety", safety},
             {"genetic", genetic},
@@ -108,6 +107,8 @@ Settings Settings::from_json(const json& j) {
     for (const auto& [bits, types] : j.at("levels").items()) s.levels[std::stoi(bits)] = types_of(types);
     s.max_recover = j.at("max_recover").get<int>();
     s.output_epochs = j.at("output_epochs").get<int>();
+    s.e2e_epochs = j.value("e2e_epochs", 0);  // jobs from before end-to-end training: none
+    s.e2e_lr = j.value("e2e_lr", s.e2e_lr);
     s.importance = importance_options_from_json(j.at("importance"));
     s.safety = j.at("safety").get<double>();
     s.genetic = j.at("genetic").get<bool>();
@@ -249,7 +250,7 @@ GgmlType finer_type(const Settings& s, GgmlType t, GgmlType above) {
 constexpr double kRecoverWithin = 2.0;
 
 json progressive_block(Context& c, int64_t layer, int64_t order, const RunOptions& opt) {
-  const double t0 = now_s();
+  const double t0 = now_seconds();
   const BlockData d = c.calib->block(layer, c.channel_weights.at(size_t(layer)).data());
   // The block's KLD share in this walk's own error measure: the importance
   // analysis measured the KLD of the block at Q4_K by plain rounding; the
@@ -358,7 +359,7 @@ json progressive_block(Context& c, int64_t layer, int64_t order, const RunOption
             {"recovered", json::array()},
             {"bits", best_bits},
             {"bytes", q.bytes()},
-            {"seconds", now_s() - t0},
+            {"seconds", now_seconds() - t0},
             {"train_steps", steps},
             {"adaptive", best_adaptive},
             {"attempts", attempts}};
@@ -476,6 +477,37 @@ std::vector<uint8_t> load_part(const std::string& dir, const std::string& tensor
   return b;
 }
 
+// A trained matrix's rounding parameters beside its blocks, so end-to-end
+// training continues from them: per vector a u64 count, then its floats.
+void save_params(const std::string& dir, const std::string& tensor, const TrainableMatrix& tm) {
+  const TrainableMatrix::Params p = tm.save();
+  AtomicFile f(dir + "/" + tensor + ".params");
+  for (const std::vector<float>* v : {&p.offsets, &p.scale_mult, &p.min_mult}) {
+    const uint64_t n = v->size();
+    f.write(&n, sizeof n);
+    f.write(v->data(), v->size() * sizeof(float));
+  }
+  f.commit();
+}
+
+// Restores what save_params wrote into tm (made with the same type and
+// weights); false when there is no such file or it does not fit tm.
+bool load_params(const std::string& dir, const std::string& tensor, TrainableMatrix& tm) {
+  std::ifstream in(dir + "/" + tensor + ".params", std::ios::binary);
+  if (!in) return false;
+  TrainableMatrix::Params p = tm.save();
+  for (std::vector<float>* v : {&p.offsets, &p.scale_mult, &p.min_mult}) {
+    uint64_t n = 0;
+    in.read(reinterpret_cast<char*>(&n), sizeof n);
+    if (!in || n != v->size()) return false;
+    in.read(reinterpret_cast<char*>(v->data()), std::streamsize(n * sizeof(float)));
+    if (!in) return false;
+  }
+  if (in.peek() != EOF) return false;
+  tm.restore(p);
+  return true;
+}
+
 // Advances activations x (seqs x n_ctx rows) through block `layer` with the
 // given dequantized weights.
 void advance(engine::Model& model, int64_t layer, const std::array<const float*, kNumLin>& w,
@@ -507,6 +539,7 @@ std::vector<std::string> unit_keys(int64_t layers) {
   u.push_back("trade");
   for (int64_t b = 0; b < layers; ++b) u.push_back(fmt::format("final.{}", b));
   u.push_back("final.output");
+  u.push_back("end_to_end");
   u.push_back("validate");
   return u;
 }
@@ -539,6 +572,7 @@ class Worker {
   void trade();
   void finals();
   void output(const std::vector<float>& x);
+  void end_to_end();
   void validate();
   std::vector<json> block_results();
 
@@ -671,6 +705,7 @@ void Worker::trade() {
 void Worker::finals() {
   const auto tr = store_.unit_metrics(job_, "trade");
   if (!tr) fail("gradual job {}: type trading is not done", job_);
+  if (store_.unit_metrics(job_, "final.output")) return;  // every final unit is done
   const std::string dir = parts_dir(store_, job_);
   std::vector<float> x;  // activations entering block b from the quantized blocks before it
   for (int64_t b = 0; b < L_; ++b) {
@@ -678,7 +713,6 @@ void Worker::finals() {
     if (should_stop(why)) throw why;
     const std::string key = fmt::format("final.{}", b);
     const auto done = store_.unit_metrics(job_, key);
-    if (done && b == L_ - 1 && store_.unit_metrics(job_, "final.output")) return;
     ensure_calibration();
     if (x.empty()) x = c_.calib->acts[0];
     LayerTypes types = types_from(b, tr->at("types"));
@@ -709,6 +743,7 @@ void Worker::finals() {
       const TrainReport r = q.train(d, thr);
       for (int i = 0; i < kNumLin; ++i) {
         save_part(dir, block_name(b, i), q.blocks(i));
+        if (const TrainableMatrix* t = q.trainable(i)) save_params(dir, block_name(b, i), *t);
         w[size_t(i)] = q.weights(i);
         wp[size_t(i)] = w[size_t(i)].data();
       }
@@ -752,6 +787,7 @@ void Worker::output(const std::vector<float>& x) {
   const TrainReport r = train_output(tm, d, c_.s.output_epochs, c_.s.train.attn.lr,
                                      c_.s.train.attn.lr * c_.s.train.scale_lr_factor);
   save_part(parts_dir(store_, job_), "output.weight", tm.blocks());
+  save_params(parts_dir(store_, job_), "output.weight", tm);
   j["trained"] = true;
   j["type"] = std::string(type_name(type));
   j["train"] = r.to_json();
@@ -759,6 +795,131 @@ void Worker::output(const std::vector<float>& x) {
   j["kl_after"] = r.after;
   store_.commit_result(u->id, j);
   report("final.output", fmt::format("{}: KL {:.4g} -> {:.4g} in {:.1f} s", type_name(type), r.before, r.after, r.seconds));
+}
+
+// Block 0's inputs as the written model computes them: the calibration
+// embeddings with the token_embd row quantized in its chosen type.
+std::vector<float> quantized_embeddings(Context& c, const json& types) {
+  const Calibration& cal = *c.calib;
+  std::vector<float> x = cal.acts[0];
+  const engine::Weight& e = c.model.weight("token_embd.weight");
+  if (!types.contains("token_embd.weight") || e.quantized()) return x;
+  const GgmlType t = type_named(types.at("token_embd.weight").get<std::string>());
+  std::vector<float> imp;
+  if (const eval::ImatrixEntry* m = c.imatrix.find("token_embd.weight")) imp = m->values();
+  std::vector<uint8_t> q(row_size(t, e.cols()));
+  std::vector<float> row(size_t(e.cols()));
+  std::map<int32_t, std::vector<float>> delta;  // token -> quantized row minus float row
+  for (int64_t r = 0; r < cal.seqs * cal.n_ctx; ++r) {
+    const int32_t tok = c.calib_tokens[size_t(r)];
+    auto [it, fresh] = delta.try_emplace(tok);
+    if (fresh) {
+      const float* w = e.f32.data() + int64_t(tok) * e.cols();
+      quantize_rows(t, w, q.data(), 1, e.cols(), imp.size() == size_t(e.cols()) ? imp.data() : nullptr);
+      dequantize_rows(t, q.data(), row.data(), 1, e.cols());
+      it->second.resize(size_t(e.cols()));
+      for (int64_t j = 0; j < e.cols(); ++j) it->second[size_t(j)] = row[size_t(j)] - w[j];
+    }
+    for (int64_t j = 0; j < cal.dim; ++j) x[size_t(r * cal.dim + j)] += it->second[size_t(j)];
+  }
+  return x;
+}
+
+void Worker::end_to_end() {
+  if (store_.unit_metrics(job_, "end_to_end")) return;
+  Outcome why;
+  if (should_stop(why)) throw why;
+  auto u = store_.claim_unit(job_, "end_to_end");
+  if (!u) return;  // a job from before this unit existed
+  json j = {{"trained", false}};
+  if (c_.s.e2e_epochs <= 0) {
+    store_.commit_result(u->id, j);
+    return;
+  }
+  ensure_calibration();
+  const json types = store_.unit_metrics(job_, "trade")->at("types");
+  const std::string dir = parts_dir(store_, job_);
+  auto importance = [&](const std::string& n, int64_t cols) {
+    std::vector<float> imp;
+    if (const eval::ImatrixEntry* e = c_.imatrix.find(n)) imp = e->values();
+    if (imp.size() != size_t(cols)) imp.clear();
+    return imp;
+  };
+  // Every matrix in its final state: trainable from the saved parameters,
+  // fixed (decoded blocks) where the type or the saved state does not allow.
+  std::vector<std::pair<std::string, std::unique_ptr<TrainableMatrix>>> trainees;
+  std::vector<std::vector<float>> fixed;
+  auto load = [&](const std::string& n, const float** fixed_out) -> TrainableMatrix* {
+    const engine::Weight& w = c_.model.weight(n);
+    const GgmlType t = type_named(types.at(n).get<std::string>());
+    const size_t bytes = row_size(t, w.cols()) * size_t(w.rows());
+    if (rounding_trainable(t) && !w.quantized()) {
+      const std::vector<float> imp = importance(n, w.cols());
+      auto tm = std::make_unique<TrainableMatrix>(t, w.f32.data(), w.rows(), w.cols(), imp.empty() ? nullptr : imp.data());
+      if (load_params(dir, n, *tm)) {
+        trainees.emplace_back(n, std::move(tm));
+        return trainees.back().second.get();
+      }
+    }
+    fixed.emplace_back(size_t(w.numel()));
+    dequantize_rows(t, load_part(dir, n, bytes).data(), fixed.back().data(), w.rows(), w.cols());
+    *fixed_out = fixed.back().data();
+    return nullptr;
+  };
+  fixed.reserve(size_t(L_ * kNumLin + 1));
+  QuantModel qm;
+  qm.dims = block_dims(c_.model);
+  for (int64_t b = 0; b < L_; ++b) {
+    BlockParams p = block_params(c_.model, b);
+    std::array<TrainableMatrix*, kNumLin> t{};
+    for (int i = 0; i < kNumLin; ++i) t[size_t(i)] = load(block_name(b, i), &p.w[size_t(i)]);
+    qm.blocks.push_back(p);
+    qm.train.push_back(t);
+  }
+  const Calibration& cal = *c_.calib;
+  const engine::Weight* ow = c_.model.find_weight("output.weight");
+  const auto out_unit = store_.unit_metrics(job_, "final.output");
+  if (ow == nullptr || ow->quantized() || !out_unit || !out_unit->value("trained", false)) {
+    // Tied or untrained output matrix: the part is not there; nothing to train.
+    j["problem"] = "the output matrix was not trained, so the head is not known here";
+    store_.commit_result(u->id, j);
+    return;
+  }
+  qm.output = load("output.weight", &qm.output_fixed);
+  qm.head.x_ref = cal.acts[size_t(L_)].data();
+  qm.head.norm = c_.model.weight("output_norm.weight").f32.data();
+  qm.head.w_ref = ow->f32.data();
+  qm.head.rows = cal.seqs * cal.n_ctx;
+  qm.head.dim = cal.dim;
+  qm.head.vocab = ow->rows();
+  qm.head.eps = float(c_.model.config().rms_norm_eps);
+  const std::vector<float> x0 = quantized_embeddings(c_, types);
+  E2EOptions o;
+  o.epochs = c_.s.e2e_epochs;
+  o.lr = c_.s.e2e_lr;
+  o.scale_lr_factor = c_.s.train.scale_lr_factor;
+  o.batch = c_.s.train.batch;
+  o.eval_sequences = c_.s.train.eval_sequences;
+  o.stop = opt_.stop;
+  say(opt_, fmt::format("end-to-end: {} matrices trained together on the model's KL divergence, {} epochs",
+                        trainees.size(), o.epochs));
+  o.progress = [&](int64_t step, int64_t steps, double) {
+    if (opt_.on_steps) opt_.on_steps("end_to_end", step, steps);
+  };
+  const E2EReport r = train_end_to_end(qm, x0.data(), cal.seqs, cal.n_ctx, o);
+  if (r.stopped) {
+    store_.pause(job_);
+    throw Outcome::Paused;
+  }
+  // Always written (the best iterate may be the start), so the parts agree
+  // with each other; the .params stay as they were: a rerun starts over.
+  for (const auto& [n, tm] : trainees) save_part(dir, n, tm->blocks());
+  j = r.to_json();
+  j["trained"] = true;
+  j["matrices"] = trainees.size();
+  store_.commit_result(u->id, j);
+  report("end_to_end", fmt::format("held-out KL {:.4g} -> {:.4g} in {} steps, {:.1f} s", r.before, r.after,
+                                   r.steps, r.seconds));
 }
 
 void Worker::validate() {
@@ -846,6 +1007,7 @@ Outcome Worker::run() {
     blocks();
     trade();
     finals();
+    end_to_end();
     validate();
   } catch (Outcome o) {
     return o;
@@ -913,19 +1075,19 @@ RunResult finish(jobs::JobStore& store, int64_t job, Context& c, Outcome o, doub
     }
     r.report = store.export_json(job);
   }
-  r.seconds = now_s() - t0;
+  r.seconds = now_seconds() - t0;
   return r;
 }
 
 RunResult work(jobs::JobStore& store, int64_t job, const std::string& model_path, const Settings& s,
                const RunOptions& opt) {
-  const double t0 = now_s();
+  const double t0 = now_seconds();
   if (opt.on_job) opt.on_job(job);
   std::unique_ptr<Context> c;
   try {
     c = load_context(model_path, s, store, opt);
   } catch (Outcome o) {
-    return RunResult{job, o, now_s() - t0, nullptr};
+    return RunResult{job, o, now_seconds() - t0, nullptr};
   }
   if (store.job(job).state == jobs::JobState::Done) return finish(store, job, *c, Outcome::Done, t0, opt);
   Worker w(store, job, *c, opt);

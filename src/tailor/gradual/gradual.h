@@ -10,9 +10,12 @@
 //     achieved on its block;
 //  4. trains every block once more in its final types, in model order, on the
 //     inputs the quantized blocks before it produce;
-//  5. validates the whole model end to end, upgrades tensors while the limits
+//  5. trains all of them together on the model's own KL divergence (the
+//     block-wise error is a proxy for it);
+//  6. validates the whole model end to end, upgrades tensors while the limits
 //     are violated, and writes a standard GGUF.
-// Units: "importance", "block.N", "trade", "final.N", "validate"; a killed
+// Units: "importance", "block.N", "trade", "final.N", "final.output",
+// "end_to_end", "validate"; a killed
 // job resumes from the last finished unit. Trained blocks live in files
 // beside the job database until the GGUF is written.
 #pragma once
@@ -44,6 +47,10 @@ struct Settings {
   std::map<int, std::vector<GgmlType>> levels;
   int max_recover = 3;    // layers reverted per attempt
   int output_epochs = 4;  // training of the output matrix on the KL divergence (0: none)
+  // End-to-end training of every trained matrix on the model's KL divergence
+  // (e2e_trainer.h), after the block-wise final training (0 epochs: none).
+  int e2e_epochs = 3;
+  float e2e_lr = 4e-3f;
   ImportanceOptions importance;
   double safety = 2.0;
   std::optional<double> max_ppl_increase;  // percent
@@ -70,6 +77,8 @@ struct RunOptions {
   const std::atomic<bool>* stop = nullptr;
   std::function<void(const std::string&)> log;
   std::function<void(const Progress&)> on_unit;
+  // Steps within a long unit (end-to-end training): done of total.
+  std::function<void(const std::string& unit, int64_t done, int64_t total)> on_steps;
   std::function<void(int64_t job)> on_job;
 };
 

@@ -1,19 +1,16 @@
 #include "tailor/gradual/output_trainer.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
 #include "tailor/engine/gemm.h"
+#include "tailor/gradual/block_grad.h"
+#include "tailor/util/clock.h"
 #include "tailor/util/parallel.h"
 
 namespace tailor::gradual {
 namespace {
 
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
 
 // rows of x, RMS-normalized and scaled by the norm weight.
 void normalize(const OutputData& d, const float* x, int64_t n, std::vector<float>& out) {
@@ -43,15 +40,15 @@ void log_softmax(std::vector<float>& z, int64_t n, int64_t v) {
   });
 }
 
-struct Batch {
-  std::vector<float> xq, xr, lq, lr;
-};
+}  // namespace
 
-// Log-probabilities of both models for rows [first, first + n); returns the
-// summed KL and leaves the batch's normalized quantized inputs in b.xq.
-double batch_kl(const OutputData& d, const float* wq, int64_t first, int64_t n, Batch& b) {
-  normalize(d, d.x_quant + first * d.dim, n, b.xq);
-  normalize(d, d.x_ref + first * d.dim, n, b.xr);
+// Log-probabilities of both models for n rows; returns the summed KL. With
+// dw/dx, also the gradients of grad_scale * (summed KL) w.r.t. the quantized
+// output weights and the quantized rows before the norm.
+double head_kl(const OutputData& d, const float* xq, const float* xr, int64_t n, const float* wq,
+               HeadScratch& b, float grad_scale, float* dw, float* dx) {
+  normalize(d, xq, n, b.xq);
+  normalize(d, xr, n, b.xr);
   b.lq.resize(size_t(n * d.vocab));
   b.lr.resize(b.lq.size());
   const auto g = engine::default_gemm();
@@ -72,17 +69,30 @@ double batch_kl(const OutputData& d, const float* wq, int64_t first, int64_t n, 
   });
   double kl = 0;
   for (double v : part) kl += v;
+  if (dw == nullptr && dx == nullptr) return kl;
+  // d KL / d logits_q = softmax(q) - softmax(ref), in place of lq.
+  parallel_for(n * d.vocab, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      b.lq[size_t(i)] = (std::exp(b.lq[size_t(i)]) - std::exp(b.lr[size_t(i)])) * grad_scale;
+  });
+  // dW [vocab][dim] = dlogits^T [vocab][n] x [n][dim]
+  if (dw != nullptr)
+    engine::sgemm_ex(g, true, false, d.vocab, d.dim, n, b.lq.data(), d.vocab, b.xq.data(), d.dim, 0.0f, dw, d.dim);
+  if (dx != nullptr) {
+    // d normed [n][dim] = dlogits [n][vocab] W [vocab][dim], then through the norm.
+    b.dn.resize(size_t(n * d.dim));
+    engine::sgemm_ex(g, false, false, n, d.dim, d.vocab, b.lq.data(), d.vocab, wq, d.dim, 0.0f, b.dn.data(), d.dim);
+    ops::rms_norm_backward(Exec{}, xq, d.norm, b.dn.data(), dx, n, d.dim, d.eps);
+  }
   return kl;
 }
 
-}  // namespace
-
 double output_kl(const OutputData& d, const float* wq, int64_t first, int64_t n) {
-  Batch b;
+  HeadScratch b;
   double kl = 0;
   for (int64_t r = first; r < first + n; r += 1024) {
     const int64_t m = std::min<int64_t>(1024, first + n - r);
-    kl += batch_kl(d, wq, r, m, b);
+    kl += head_kl(d, d.x_quant + r * d.dim, d.x_ref + r * d.dim, m, wq, b);
   }
   return n > 0 ? kl / double(n) : 0.0;
 }
@@ -90,25 +100,17 @@ double output_kl(const OutputData& d, const float* wq, int64_t first, int64_t n)
 TrainReport train_output(TrainableMatrix& w, const OutputData& d, int epochs, float lr, float lr_scale,
                          int64_t batch_rows, int64_t eval_rows) {
   TrainReport rep;
-  const double t0 = now_s();
+  const double t0 = now_seconds();
   eval_rows = std::min(eval_rows, d.rows);
   rep.before = output_kl(d, w.weights().data(), 0, eval_rows);
   double best = rep.before;
   TrainableMatrix::Params kept = w.save();
-  Batch b;
+  HeadScratch b;
   std::vector<float> grad(size_t(d.vocab * d.dim));
   for (int e = 0; e < epochs; ++e) {
     for (int64_t r = 0; r + batch_rows <= d.rows; r += batch_rows) {
-      batch_kl(d, w.weights().data(), r, batch_rows, b);
-      // d KL / d logits_q = softmax(q) - softmax(ref), averaged over the batch.
-      const float inv = 1.0f / float(batch_rows);
-      parallel_for(batch_rows * d.vocab, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i)
-          b.lq[size_t(i)] = (std::exp(b.lq[size_t(i)]) - std::exp(b.lr[size_t(i)])) * inv;
-      });
-      // dW [vocab][dim] = dlogits^T [vocab][rows] x [rows][dim]
-      engine::sgemm_ex(engine::default_gemm(), true, false, d.vocab, d.dim, batch_rows, b.lq.data(), d.vocab,
-                       b.xq.data(), d.dim, 0.0f, grad.data(), d.dim);
+      head_kl(d, d.x_quant + r * d.dim, d.x_ref + r * d.dim, batch_rows, w.weights().data(), b,
+              1.0f / float(batch_rows), grad.data());
       w.step(grad.data(), lr, lr_scale);
       ++rep.steps;
     }
@@ -121,7 +123,7 @@ TrainReport train_output(TrainableMatrix& w, const OutputData& d, int epochs, fl
   w.restore(kept);
   rep.after = best;
   rep.full_run = true;
-  rep.seconds = now_s() - t0;
+  rep.seconds = now_seconds() - t0;
   return rep;
 }
 

@@ -4,6 +4,7 @@
 // carry a quarter of the predicted damage, and no block training reaches it.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "tailor/gradual/rounding.h"
 #include "tailor/gradual/trainer.h"
@@ -24,6 +25,18 @@ struct OutputData {
 // first `eval_rows` rows. before/after: that mean KL.
 TrainReport train_output(TrainableMatrix& w, const OutputData& d, int epochs, float lr, float lr_scale,
                          int64_t batch_rows = 1024, int64_t eval_rows = 4096);
+
+// Buffers of head_kl, kept between calls.
+struct HeadScratch {
+  std::vector<float> xq, xr, lq, lr, dn;
+};
+// The summed KL(ref || quantized) of the next-token distributions over n
+// rows: xq [n][dim] the quantized model's hidden states before the output
+// norm, xr the unquantized model's, wq the quantized output matrix. With dw
+// ([vocab][dim]) or dx ([n][dim], not aliasing xq), also the gradients of
+// grad_scale * that sum w.r.t. wq and xq.
+double head_kl(const OutputData& d, const float* xq, const float* xr, int64_t n, const float* wq,
+               HeadScratch& b, float grad_scale = 1.0f, float* dw = nullptr, float* dx = nullptr);
 
 // Mean KL(ref || quantized) over rows [first, first + n) with weights `wq`.
 double output_kl(const OutputData& d, const float* wq, int64_t first, int64_t n);

@@ -1,20 +1,16 @@
 #include "tailor/gradual/trainer.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 
 #include "tailor/gradual/loss_curve.h"
 #include "tailor/quant/codec.h"
+#include "tailor/util/clock.h"
 #include "tailor/util/error.h"
 
 namespace tailor::gradual {
 namespace {
 
-double now_s() {
-  using namespace std::chrono;
-  return duration<double>(steady_clock::now().time_since_epoch()).count();
-}
 
 const std::vector<int> kAttn = {kQ, kK, kV, kO};
 const std::vector<int> kMlp = {kGate, kUp, kDown};
@@ -102,6 +98,7 @@ void BlockQuantizer::set_types(const LayerTypes& types) {
 
 const std::vector<uint8_t>& BlockQuantizer::blocks(int lin) const { return layers_[size_t(lin)]->data(); }
 const std::vector<float>& BlockQuantizer::weights(int lin) const { return layers_[size_t(lin)]->weights(); }
+const TrainableMatrix* BlockQuantizer::trainable(int lin) const { return layers_[size_t(lin)]->tm.get(); }
 
 int64_t BlockQuantizer::bytes() const {
   int64_t total = 0;
@@ -206,12 +203,12 @@ void BlockQuantizer::run_schedule(const BlockData& d, int64_t seqs, TrainReport&
 
 TrainReport BlockQuantizer::train(const BlockData& d, double threshold) {
   TrainReport rep;
-  const double t0 = now_s();
+  const double t0 = now_seconds();
   rep.before = error(d);
   const bool any = std::any_of(layers_.begin(), layers_.end(), [](const auto& L) { return L->tm != nullptr; });
   if (!any || d.seqs < opt_.batch) {
     rep.after = rep.before;
-    rep.seconds = now_s() - t0;
+    rep.seconds = now_seconds() - t0;
     return rep;
   }
   const int64_t small = std::max(opt_.batch, std::min(opt_.small_sample, d.seqs));
@@ -237,14 +234,14 @@ TrainReport BlockQuantizer::train(const BlockData& d, double threshold) {
     }
     if (rep.stopped_early) {
       rep.after = rep.small_after;
-      rep.seconds = now_s() - t0;
+      rep.seconds = now_seconds() - t0;
       return rep;
     }
   }
   run_schedule(d, d.seqs, rep, nullptr, nullptr);
   rep.full_run = true;
   rep.after = error(d);
-  rep.seconds = now_s() - t0;
+  rep.seconds = now_seconds() - t0;
   return rep;
 }
 

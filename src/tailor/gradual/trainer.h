@@ -96,6 +96,8 @@ class BlockQuantizer {
 
   const std::vector<uint8_t>& blocks(int lin) const;
   const std::vector<float>& weights(int lin) const;
+  // The layer's trainable rounding, or null for a plain-only type.
+  const TrainableMatrix* trainable(int lin) const;
   int64_t bytes() const;  // all seven matrices in their types
   std::string tensor_name(int lin) const;
 

@@ -1,6 +1,5 @@
 #include "tailor/jobs/job_store.h"
 
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -9,6 +8,7 @@
 #include <utility>
 #include <xxhash.h>
 
+#include "tailor/util/clock.h"
 #include "tailor/util/error.h"
 
 namespace tailor::jobs {
@@ -18,9 +18,6 @@ namespace {
 constexpr int kApplicationId = 0x544c5231;
 constexpr int kBusyTimeoutMs = 10000;
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 // Migration i takes the schema from version i to i+1; append, never edit.
 const char* const kMigrations[] = {
@@ -320,7 +317,7 @@ void refresh_progress(Db& db, int64_t job) {
   Stmt u(db,
          "UPDATE jobs SET units_total=?, units_done=?, units_failed=?, rate=?, eta_s=?, updated_at=? "
          "WHERE id=?");
-  u.bind(1, total).bind(2, done).bind(3, failed).bind(4, rate).bind(5, eta).bind(6, now_s()).bind(7, job).run();
+  u.bind(1, total).bind(2, done).bind(3, failed).bind(4, rate).bind(5, eta).bind(6, unix_seconds()).bind(7, job).run();
 }
 
 // When no unit is left to do, a live job ends: done, or failed when some unit
@@ -337,7 +334,7 @@ void finish_if_complete(Db& db, int64_t job) {
          "WHERE id=? AND state IN ('running','queued','paused')");
   f.bind(1, failed ? "failed" : "done")
       .bind(2, failed ? fmt::format("{} unit(s) failed", failed) : std::string())
-      .bind(3, now_s())
+      .bind(3, unix_seconds())
       .bind(4, job)
       .run();
 }
@@ -352,9 +349,9 @@ void set_job_state(Db& db, int64_t job, JobState to, std::initializer_list<JobSt
   for (JobState f : from) ok |= f == cur;
   if (!ok) fail("{}: cannot {} job {}: it is {}", db.path(), verb, job, state_name(cur));
   Stmt u(db, "UPDATE jobs SET state=?, updated_at=? WHERE id=?");
-  u.bind(1, state_name(to)).bind(2, now_s()).bind(3, job).run();
+  u.bind(1, state_name(to)).bind(2, unix_seconds()).bind(3, job).run();
   Stmt l(db, "INSERT INTO job_log(job_id, time, line) VALUES(?,?,?)");
-  l.bind(1, job).bind(2, now_s()).bind(3, fmt::format("{} -> {}", state_name(cur), state_name(to))).run();
+  l.bind(1, job).bind(2, unix_seconds()).bind(3, fmt::format("{} -> {}", state_name(cur), state_name(to))).run();
   tx.commit();
 }
 
@@ -412,7 +409,7 @@ int64_t JobStore::create_job(const JobSpec& spec) {
     Stmt f(db, "SELECT id FROM jobs WHERE identity=?");
     if (f.bind(1, identity).step()) id = f.i64(0);
   }
-  const double t = now_s();
+  const double t = unix_seconds();
   if (id == 0) {
     Stmt ins(db,
              "INSERT INTO jobs(identity, kind, model_path, model_repo, model_revision, model_hash, settings, "
@@ -477,7 +474,7 @@ void JobStore::begin_work(int64_t job_id) {
   Stmt reset(db, "UPDATE units SET state='pending', started_at=NULL WHERE job_id=? AND state='running'");
   reset.bind(1, job_id).run();
   const int64_t requeued = sqlite3_changes(db.handle());
-  const double t = now_s();
+  const double t = unix_seconds();
   Stmt u(db,
          "UPDATE jobs SET state=CASE WHEN state='done' THEN 'done' ELSE 'running' END, error='', "
          "started_at=coalesce(started_at, ?), updated_at=? WHERE id=?");
@@ -498,7 +495,7 @@ std::optional<Unit> JobStore::claim_next(int64_t job_id) {
   if (!s.bind(1, job_id).step()) return std::nullopt;
   Unit u{s.i64(0), job_id, s.text(1), int(s.i64(2)) + 1};
   Stmt m(db, "UPDATE units SET state='running', attempts=?, started_at=?, error='' WHERE id=?");
-  m.bind(1, u.attempts).bind(2, now_s()).bind(3, u.id).run();
+  m.bind(1, u.attempts).bind(2, unix_seconds()).bind(3, u.id).run();
   tx.commit();
   return u;
 }
@@ -510,7 +507,7 @@ std::optional<Unit> JobStore::claim_unit(int64_t job_id, const std::string& key)
   if (!s.bind(1, job_id).bind(2, key).step()) return std::nullopt;
   Unit u{s.i64(0), job_id, key, int(s.i64(1)) + 1};
   Stmt m(db, "UPDATE units SET state='running', attempts=?, started_at=?, error='' WHERE id=?");
-  m.bind(1, u.attempts).bind(2, now_s()).bind(3, u.id).run();
+  m.bind(1, u.attempts).bind(2, unix_seconds()).bind(3, u.id).run();
   tx.commit();
   return u;
 }
@@ -522,7 +519,7 @@ void JobStore::commit_result(int64_t unit_id, const nlohmann::json& metrics) {
   if (!s.bind(1, unit_id).step()) fail("{}: no unit {}", path(), unit_id);
   const int64_t job = s.i64(0);
   if (s.text(1) != "running") fail("{}: unit {} is {}, not running: result refused", path(), unit_id, s.text(1));
-  const double t = now_s();
+  const double t = unix_seconds();
   const double secs = s.null(2) ? 0.0 : t - s.f64(2);
   Stmt ins(db,
            "INSERT INTO results(unit_id, job_id, metrics, bytes, bpw, rmse, kld, dppl, written_at) "
@@ -551,7 +548,7 @@ void JobStore::fail_unit(int64_t unit_id, const std::string& error) {
   Db& db = impl_->db;
   Tx tx(db);
   Stmt s(db, "UPDATE units SET state='failed', finished_at=?, error=? WHERE id=? RETURNING job_id");
-  if (!s.bind(1, now_s()).bind(2, error).bind(3, unit_id).step()) fail("{}: no unit {}", path(), unit_id);
+  if (!s.bind(1, unix_seconds()).bind(2, error).bind(3, unit_id).step()) fail("{}: no unit {}", path(), unit_id);
   const int64_t job = s.i64(0);
   s.run();
   refresh_progress(db, job);
@@ -563,10 +560,10 @@ void JobStore::fail_job(int64_t job_id, const std::string& error) {
   Db& db = impl_->db;
   Tx tx(db);
   Stmt s(db, "UPDATE jobs SET state='failed', error=?, updated_at=? WHERE id=?");
-  s.bind(1, error).bind(2, now_s()).bind(3, job_id).run();
+  s.bind(1, error).bind(2, unix_seconds()).bind(3, job_id).run();
   if (sqlite3_changes(db.handle()) == 0) fail("{}: no job {}", path(), job_id);
   Stmt l(db, "INSERT INTO job_log(job_id, time, line) VALUES(?,?,?)");
-  l.bind(1, job_id).bind(2, now_s()).bind(3, "failed: " + error).run();
+  l.bind(1, job_id).bind(2, unix_seconds()).bind(3, "failed: " + error).run();
   tx.commit();
 }
 
@@ -596,7 +593,7 @@ JobState JobStore::state(int64_t job_id) {
 
 void JobStore::log(int64_t job_id, const std::string& line) {
   Stmt l(impl_->db, "INSERT INTO job_log(job_id, time, line) VALUES(?,?,?)");
-  l.bind(1, job_id).bind(2, now_s()).bind(3, line).run();
+  l.bind(1, job_id).bind(2, unix_seconds()).bind(3, line).run();
 }
 
 std::vector<LogLine> JobStore::log_lines(int64_t job_id, int64_t last_n) {
@@ -696,7 +693,7 @@ void JobStore::merge(const std::string& out, const std::vector<std::string>& inp
                  "settings, state, created_at, updated_at, started_at) VALUES(?,?,?,?,?,?,?,'queued',?,?,?)");
         ins.bind(1, j.identity).bind(2, j.kind).bind(3, j.model.path).bind(4, j.model.repo);
         ins.bind(5, j.model.revision).bind(6, j.model.hash).bind(7, j.settings.dump());
-        ins.bind(8, j.created).bind(9, now_s()).bind(10, j.started).run();
+        ins.bind(8, j.created).bind(9, unix_seconds()).bind(10, j.started).run();
         id = sqlite3_last_insert_rowid(db.handle());
       }
       Stmt su(src.impl_->db,
@@ -737,9 +734,9 @@ void JobStore::merge(const std::string& out, const std::vector<std::string>& inp
               "WHEN state='done' THEN 'queued' ELSE state END, "
               "finished_at=CASE WHEN units_done=units_total THEN coalesce(finished_at, ?) ELSE NULL END "
               "WHERE id=?");
-      st.bind(1, now_s()).bind(2, id).run();
+      st.bind(1, unix_seconds()).bind(2, id).run();
       Stmt l(db, "INSERT INTO job_log(job_id, time, line) VALUES(?,?,?)");
-      l.bind(1, id).bind(2, now_s()).bind(3, fmt::format("merged job {} from {}", j.id, in_path)).run();
+      l.bind(1, id).bind(2, unix_seconds()).bind(3, fmt::format("merged job {} from {}", j.id, in_path)).run();
     }
   }
   tx.commit();

@@ -31,6 +31,7 @@
 #include "tailor/plan/planner.h"
 #include "tailor/plan/quantize.h"
 #include "tailor/plan/strategy.h"
+#include "tailor/util/clock.h"
 #include "tailor/util/error.h"
 
 namespace tailor::server {
@@ -132,9 +133,6 @@ std::string default_hf_token_file() {
   return ".tailor_hf_token";
 }
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
 
 // A gradual job's units (JobStore::export_json) regrouped for the app: the
 // importance analysis, the blocks done so far in the order they were
@@ -350,7 +348,7 @@ struct Server::Impl {
     t.id = next_task++;
     t.kind = kind;
     t.request = std::move(request);
-    t.created = now_s();
+    t.created = unix_seconds();
     tasks[t.id] = t;
     return t.id;
   }
@@ -374,7 +372,7 @@ struct Server::Impl {
         t.state = err.empty() ? "done" : "failed";
         t.error = err;
         t.result = std::move(result);
-        t.finished = now_s();
+        t.finished = unix_seconds();
         if (err.empty()) t.progress = 1;
       });
     });
@@ -441,7 +439,7 @@ struct Server::Impl {
   }
 
   json snapshot() {
-    json j = {{"time", now_s()}, {"jobs", json::array()}, {"tasks", json::array()}};
+    json j = {{"time", unix_seconds()}, {"jobs", json::array()}, {"tasks", json::array()}};
     try {
       jobs::JobStore st(opt.db, jobs::JobStore::Open::ExistingOnly);
       for (const auto& info : st.list_jobs()) j["jobs"].push_back(jobs::job_json(info));
