@@ -48,8 +48,8 @@ TEST(GradualE2E, HeadGradientsMatchFiniteDifferences) {
   d.rows = rows;
   d.eps = 1e-5f;
   HeadScratch s;
-  std::vector<float> dw(wq.size()), dx(xq.size());
-  const double kl = head_kl(d, xq.data(), xr.data(), rows, wq.data(), s, 1.0f, dw.data(), dx.data());
+  std::vector<float> dw(wq.size()), dx(xq.size()), dnorm(norm.size());
+  const double kl = head_kl(d, xq.data(), xr.data(), rows, wq.data(), s, 1.0f, dw.data(), dx.data(), dnorm.data());
   EXPECT_GT(kl, 0.01);
   auto check = [&](std::vector<float>& p, const std::vector<float>& an, const char* what) {
     double worst = 0, scale = 0;
@@ -69,6 +69,23 @@ TEST(GradualE2E, HeadGradientsMatchFiniteDifferences) {
   };
   check(wq, dw, "dKL/dW");
   check(xq, dx, "dKL/dx");
+  // The quantized side's output norm; the reference keeps its own.
+  const std::vector<float> ref_norm = norm;
+  d.norm_ref = ref_norm.data();
+  double worst = 0, scale = 0;
+  for (size_t j = 0; j < norm.size(); ++j) {
+    const float keep = norm[j], h = 1e-2f;
+    norm[j] = keep + h;
+    const double up = head_kl(d, xq.data(), xr.data(), rows, wq.data(), s);
+    norm[j] = keep - h;
+    const double down = head_kl(d, xq.data(), xr.data(), rows, wq.data(), s);
+    norm[j] = keep;
+    const double fd = (up - down) / (2.0 * h);
+    worst = std::max(worst, std::fabs(fd - dnorm[j]));
+    scale = std::max(scale, std::fabs(fd));
+  }
+  EXPECT_GT(scale, 1e-3);
+  EXPECT_LT(worst / scale, 3e-3) << "dKL/dnorm";
 }
 
 // A 2-layer model with every matrix in Q4_0 (IQ3_S for one, which has no

@@ -258,8 +258,8 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
     grads.emplace_back(b.w[size_t(i)].size());
     gp[i] = grads.back().data();
   }
-  Vec dx(b.x.size());
-  tape.backward(b.params(), b.r.data(), gp, dx.data());
+  Vec dx(b.x.size()), dan(b.attn_norm.size()), dfn(b.ffn_norm.size());
+  tape.backward(b.params(), b.r.data(), gp, dx.data(), dan.data(), dfn.data());
   auto loss = [&] {
     BasicBlockTape<double> t(b.d);
     t.forward(b.params(), b.x.data(), b.lengths, b.y.data());
@@ -269,6 +269,15 @@ void check_block_grads(bool qk_norm, int64_t rope_half) {
     EXPECT_LT(fd_error(b.w[size_t(i)], grads[size_t(i)], loss), kTol)
         << lin_name(i) << " qk_norm " << qk_norm << " rope half " << rope_half;
   EXPECT_LT(fd_error(b.x, dx, loss), kTol) << "input, qk_norm " << qk_norm;
+  EXPECT_LT(fd_error(b.attn_norm, dan, loss), kTol) << "attention norm weight, qk_norm " << qk_norm;
+  EXPECT_LT(fd_error(b.ffn_norm, dfn, loss), kTol) << "MLP norm weight, qk_norm " << qk_norm;
+
+  // The norm weights' gradients alone (no input gradient asked) are the same.
+  Vec an2(dan.size()), fn2(dfn.size());
+  tape.forward(b.params(), b.x.data(), b.lengths, b.y.data());
+  tape.backward(b.params(), b.r.data(), {}, nullptr, an2.data(), fn2.data());
+  for (size_t j = 0; j < dan.size(); ++j) ASSERT_NEAR(an2[j], dan[j], 1e-12) << "attention norm alone";
+  for (size_t j = 0; j < dfn.size(); ++j) ASSERT_NEAR(fn2[j], dfn[j], 1e-12) << "MLP norm alone";
 
   // The input gradient alone, written over dy (the aliasing backward allows).
   Vec dy = b.r;

@@ -218,6 +218,10 @@ void register_gradual(CLI::App& app) {
   cmd->add_option("--max-recover", a->s.max_recover, "Layers reverted per attempt by layer-level recovery")->capture_default_str();
   cmd->add_option("--e2e-epochs", a->s.e2e_epochs, "Epochs of training all matrices together on the model's KL divergence (0: none)")
       ->capture_default_str();
+  cmd->add_option("--e2e-samples", a->s.e2e_samples, "Calibration sequences of end-to-end training (0: twice --samples)")
+      ->capture_default_str();
+  cmd->add_option("--e2e-norm-lr", a->s.e2e_norm_lr, "Relative step of the norm weights in end-to-end training (0: frozen)")
+      ->capture_default_str();
   cmd->add_option("--e2e-lr", a->s.e2e_lr, "Signed step of the rounding offsets in end-to-end training")
       ->capture_default_str();
   cmd->add_option("--output-epochs", a->s.output_epochs, "Epochs of training the output matrix on the KL divergence (0: none)")

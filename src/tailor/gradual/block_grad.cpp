@@ -193,6 +193,19 @@ void rms_norm_backward(const Exec& ex, const T* x, const T* w, const T* dy, T* d
 }
 
 template <typename T>
+void rms_norm_weight_backward(const Exec& ex, const T* x, const T* dy, T* dw, int64_t rows, int64_t dim,
+                              float eps) {
+  std::vector<T> inv(static_cast<size_t>(rows));
+  each(ex, rows, dim, [&](int64_t r) { inv[static_cast<size_t>(r)] = inv_rms(x + r * dim, dim, eps); });
+  each(ex, dim, rows, [&](int64_t j) {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      s += static_cast<double>(dy[r * dim + j]) * x[r * dim + j] * inv[static_cast<size_t>(r)];
+    dw[j] = static_cast<T>(s);
+  });
+}
+
+template <typename T>
 void rope(const Exec& ex, T* x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t half,
           const T* cos, const T* sin, bool inverse) {
   const T sign = inverse ? T(-1) : T(1);
@@ -364,6 +377,8 @@ void attention_backward(const Exec& ex, const AttnDims& a, std::span<const int64
   template void rms_norm<T>(const Exec&, const T*, const T*, T*, int64_t, int64_t, float);        \
   template void rms_norm_backward<T>(const Exec&, const T*, const T*, const T*, T*, int64_t,      \
                                      int64_t, float);                                             \
+  template void rms_norm_weight_backward<T>(const Exec&, const T*, const T*, T*, int64_t, int64_t, \
+                                            float);                                               \
   template void rope<T>(const Exec&, T*, int64_t, int64_t, int64_t, int64_t, const T*, const T*,  \
                         bool);                                                                    \
   template void swiglu<T>(const Exec&, const T*, const T*, T*, int64_t);                          \
@@ -474,16 +489,18 @@ void BasicBlockTape<T>::forward_mlp(const BasicBlockParams<T>& p, T* y) {
 
 template <typename T>
 void BasicBlockTape<T>::backward(const BasicBlockParams<T>& p, const T* dy,
-                                 std::array<T*, kNumLin> grads, T* dx) {
+                                 std::array<T*, kNumLin> grads, T* dx, T* d_attn_norm,
+                                 T* d_ffn_norm) {
   if (rows_ == 0) fail("gradual block: backward before forward");
   const int64_t rows = rows_, D = d_.dim, F = d_.ff, hd = d_.head_dim;
   const int64_t qd = d_.n_heads * hd, kd = d_.n_kv_heads * hd;
   const int64_t half = static_cast<int64_t>(d_.inv_freq.size());
   auto asked = [&](int i) { return grads[i] != nullptr; };
-  const bool need_qk = asked(kQ) || asked(kK) || dx != nullptr;
-  const bool need_v = asked(kV) || dx != nullptr;
+  const bool need_xn1 = dx != nullptr || d_attn_norm != nullptr;  // the gradient at the attention norm's output
+  const bool need_qk = asked(kQ) || asked(kK) || need_xn1;
+  const bool need_v = asked(kV) || need_xn1;
   const bool need_qkv = need_qk || need_v;
-  const bool need_attn = need_qkv || asked(kO);
+  const bool need_attn = need_qkv || asked(kO) || d_ffn_norm != nullptr;
   const bool need_mlp = need_attn || asked(kGate) || asked(kUp);
 
   // y = h + down(a): the residual passes dy to h unchanged.
@@ -504,6 +521,7 @@ void BasicBlockTape<T>::backward(const BasicBlockParams<T>& p, const T* dy,
   ops::linear_backward_input(ex_, dg, p.w[kGate], dxn, rows, D, F);
   ops::linear_backward_input(ex_, du, p.w[kUp], dxn, rows, D, F, T(1));
   ops::rms_norm_backward(ex_, h_.data(), p.ffn_norm, dxn, dh, rows, D, d_.eps);
+  if (d_ffn_norm != nullptr) ops::rms_norm_weight_backward(ex_, h_.data(), dxn, d_ffn_norm, rows, D, d_.eps);
   each(ex_, rows, D, [&](int64_t r) {
     for (int64_t i = r * D; i < (r + 1) * D; ++i) dh[i] += dy[i];
   });
@@ -533,12 +551,14 @@ void BasicBlockTape<T>::backward(const BasicBlockParams<T>& p, const T* dy,
   }
   if (asked(kQ)) ops::linear_backward_weight(ex_, dq, xn1_.data(), grads[kQ], rows, D, qd);
   if (asked(kK)) ops::linear_backward_weight(ex_, dk, xn1_.data(), grads[kK], rows, D, kd);
-  if (dx == nullptr) return;
+  if (!need_xn1) return;
 
   // x feeds the attention's norm and the residual: dx = norm'(dq Wq + dk Wk + dv Wv) + dh.
   ops::linear_backward_input(ex_, dq, p.w[kQ], dxn, rows, D, qd);
   ops::linear_backward_input(ex_, dk, p.w[kK], dxn, rows, D, kd, T(1));
   ops::linear_backward_input(ex_, dv, p.w[kV], dxn, rows, D, kd, T(1));
+  if (d_attn_norm != nullptr) ops::rms_norm_weight_backward(ex_, x_.data(), dxn, d_attn_norm, rows, D, d_.eps);
+  if (dx == nullptr) return;
   ops::rms_norm_backward(ex_, x_.data(), p.attn_norm, dxn, dx, rows, D, d_.eps);
   each(ex_, rows, D, [&](int64_t r) {
     for (int64_t i = r * D; i < (r + 1) * D; ++i) dx[i] += dh[i];

@@ -71,10 +71,12 @@ class BasicBlockTape {
   // After forward: gradients of L = sum(dy * y) w.r.t. each linear weight
   // whose grads[i] != nullptr ([out][in], overwritten), and w.r.t. the
   // block's input x when dx != nullptr ([rows][dim]; may alias dy), so
-  // gradients can flow on to earlier blocks. Only the part of the backward
-  // those outputs need runs (MLP-only grads skip attention).
+  // gradients can flow on to earlier blocks, and w.r.t. the attention and
+  // MLP norm weights when d_attn_norm / d_ffn_norm != nullptr ([dim]). Only
+  // the part of the backward those outputs need runs (MLP-only grads skip
+  // attention).
   void backward(const BasicBlockParams<T>& p, const T* dy, std::array<T*, kNumLin> grads,
-                T* dx = nullptr);
+                T* dx = nullptr, T* d_attn_norm = nullptr, T* d_ffn_norm = nullptr);
 
   const BlockDims& dims() const { return d_; }
 
@@ -119,6 +121,11 @@ void rms_norm(const Exec& ex, const T* x, const T* w, T* y, int64_t rows, int64_
 template <typename T>
 void rms_norm_backward(const Exec& ex, const T* x, const T* w, const T* dy, T* dx, int64_t rows,
                        int64_t dim, float eps);
+// dw [dim] (overwritten): the gradient w.r.t. the norm's weight,
+// sum over rows of dy * x / rms(x).
+template <typename T>
+void rms_norm_weight_backward(const Exec& ex, const T* x, const T* dy, T* dw, int64_t rows, int64_t dim,
+                              float eps);
 
 // NeoX rotation (rotate_half) in place of x [tokens][heads][head_dim], the
 // first 2*half elements of each head, by cos/sin [tokens][half]. The rotation

@@ -1,6 +1,7 @@
 #include "tailor/gradual/e2e_trainer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 
 #include "tailor/util/clock.h"
@@ -14,10 +15,32 @@ nlohmann::json E2EReport::to_json() const {
 
 namespace {
 
+// A relative signed step: each weight moves by a fraction of its size.
+void norm_step(std::vector<float>& w, const std::vector<float>& g, float lr) {
+  for (size_t j = 0; j < w.size(); ++j)
+    if (g[j] != 0) w[j] -= lr * std::fabs(w[j]) * (g[j] > 0 ? 1.0f : -1.0f);
+}
+
 class Runner {
  public:
-  Runner(QuantModel& m, int64_t n_ctx) : m_(m), n_ctx_(n_ctx) {
+  Runner(QuantModel& m, int64_t n_ctx, float norm_lr = 0) : m_(m), n_ctx_(n_ctx), norm_lr_(norm_lr) {
     for (size_t b = 0; b < m.blocks.size(); ++b) tapes_.push_back(std::make_unique<BlockTape>(m.dims));
+    if (norm_lr_ > 0) {
+      const int64_t dim = m.dims.dim;
+      m.norms.resize(m.blocks.size());
+      for (size_t b = 0; b < m.blocks.size(); ++b) {
+        m.norms[b][0].assign(m.blocks[b].attn_norm, m.blocks[b].attn_norm + dim);
+        m.norms[b][1].assign(m.blocks[b].ffn_norm, m.blocks[b].ffn_norm + dim);
+        m.blocks[b].attn_norm = m.norms[b][0].data();
+        m.blocks[b].ffn_norm = m.norms[b][1].data();
+      }
+      if (m.head.norm_ref == nullptr) m.head.norm_ref = m.head.norm;
+      m.output_norm.assign(m.head.norm, m.head.norm + dim);
+      m.head.norm = m.output_norm.data();
+      dan_.resize(size_t(dim));
+      dfn_.resize(size_t(dim));
+      dout_norm_.resize(size_t(dim));
+    }
   }
 
   BlockParams params(size_t b) const {
@@ -52,9 +75,12 @@ class Runner {
     dh_.resize(size_t(rows * dim));
     const bool train_out = m_.output != nullptr;
     if (train_out) gout_.resize(size_t(m_.head.vocab * dim));
+    const bool norms = norm_lr_ > 0;
     const double kl = head_kl(m_.head, h_.data(), m_.head.x_ref + s0 * n_ctx_ * dim, rows, output_weights(),
-                              scratch_, 1.0f / float(rows), train_out ? gout_.data() : nullptr, dh_.data());
+                              scratch_, 1.0f / float(rows), train_out ? gout_.data() : nullptr, dh_.data(),
+                              norms ? dout_norm_.data() : nullptr);
     if (train_out) m_.output->step(gout_.data(), lr, lr_scale);
+    if (norms) norm_step(m_.output_norm, dout_norm_, norm_lr_);
     for (size_t b = tapes_.size(); b-- > 0;) {
       std::array<float*, kNumLin> g{};
       for (int i = 0; i < kNumLin; ++i)
@@ -63,21 +89,35 @@ class Runner {
           g[size_t(i)] = grads_[size_t(i)].data();
         }
       const BlockParams p = params(b);
-      tapes_[b]->backward(p, dh_.data(), g, b > 0 ? dh_.data() : nullptr);
+      tapes_[b]->backward(p, dh_.data(), g, b > 0 ? dh_.data() : nullptr, norms ? dan_.data() : nullptr,
+                          norms ? dfn_.data() : nullptr);
       for (int i = 0; i < kNumLin; ++i)
         if (g[size_t(i)] != nullptr) m_.train[b][size_t(i)]->step(g[size_t(i)], lr, lr_scale);
+      if (norms) {
+        norm_step(m_.norms[b][0], dan_, norm_lr_);
+        norm_step(m_.norms[b][1], dfn_, norm_lr_);
+      }
     }
     return kl / double(rows);
   }
 
-  std::vector<TrainableMatrix::Params> save() const {
-    std::vector<TrainableMatrix::Params> v;
-    for (const auto* t : all()) v.push_back(t->save());
-    return v;
+  struct State {
+    std::vector<TrainableMatrix::Params> params;
+    std::vector<std::array<std::vector<float>, 2>> norms;
+    std::vector<float> output_norm;
+  };
+  State save() const {
+    State s{{}, m_.norms, m_.output_norm};
+    for (const auto* t : all()) s.params.push_back(t->save());
+    return s;
   }
-  void restore(const std::vector<TrainableMatrix::Params>& v) {
+  // Copies back in place: blocks and head keep pointing at the same vectors.
+  void restore(const State& s) {
     const auto t = all();
-    for (size_t k = 0; k < t.size(); ++k) t[k]->restore(v[k]);
+    for (size_t k = 0; k < t.size(); ++k) t[k]->restore(s.params[k]);
+    for (size_t b = 0; b < s.norms.size(); ++b)
+      for (int k = 0; k < 2; ++k) std::copy(s.norms[b][k].begin(), s.norms[b][k].end(), m_.norms[b][k].begin());
+    std::copy(s.output_norm.begin(), s.output_norm.end(), m_.output_norm.begin());
   }
 
  private:
@@ -92,6 +132,8 @@ class Runner {
 
   QuantModel& m_;
   int64_t n_ctx_;
+  float norm_lr_;
+  std::vector<float> dan_, dfn_, dout_norm_;
   std::vector<std::unique_ptr<BlockTape>> tapes_;
   std::vector<float> h_, dh_, gout_;
   std::array<std::vector<float>, kNumLin> grads_;
@@ -117,7 +159,7 @@ E2EReport train_end_to_end(QuantModel& m, const float* x0, int64_t seqs, int64_t
   const double t0 = now_seconds();
   const int64_t held = std::min(o.eval_sequences, seqs / 4);
   const int64_t train_seqs = seqs - held, per_epoch = train_seqs / o.batch;
-  Runner r(m, n_ctx);
+  Runner r(m, n_ctx, o.norm_lr);
   rep.before = mean_kl(r, x0, 0, held, n_ctx, o.batch);
   rep.after = rep.before;
   if (per_epoch <= 0 || o.epochs <= 0) {

@@ -35,12 +35,20 @@ struct QuantModel {
   OutputData head;
   TrainableMatrix* output = nullptr;      // trainable output matrix, or
   const float* output_fixed = nullptr;    // its fixed quantized weights
+
+  // The RMS norm weights, trained too when E2EOptions::norm_lr > 0: they stay
+  // F32 in the GGUF, so any value can be written, and rescaling channels is
+  // what low-bit rounding most often gets wrong. train_end_to_end fills these
+  // copies (per block: attention, MLP) and points blocks / head.norm at them.
+  std::vector<std::array<std::vector<float>, 2>> norms;
+  std::vector<float> output_norm;
 };
 
 struct E2EOptions {
   int epochs = 2;
   float lr = 5e-4f;               // signed step of the rounding offsets
   float scale_lr_factor = 0.1f;   // multipliers step this times lr
+  float norm_lr = 1e-3f;          // norm weights: w -= norm_lr * |w| * sign(g) (0: frozen)
   int64_t batch = 8;              // sequences per step
   int64_t eval_sequences = 32;    // held out: the first ones, never trained on
   int evals_per_epoch = 4;        // best-iterate checks per epoch

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -75,6 +76,8 @@ json Settings::to_json() const {
             {"output_epochs", output_epochs},
             {"e2e_epochs", e2e_epochs},
             {"e2e_lr", e2e_lr},
+            {"e2e_samples", e2e_samples},
+            {"e2e_norm_lr", e2e_norm_lr},
             {"importance", importance_options_json(importance)},
             {"safety", safety},
             {"genetic", genetic},
@@ -109,6 +112,8 @@ Settings Settings::from_json(const json& j) {
     s.output_epochs = j.at("output_epochs").get<int>();
     s.e2e_epochs = j.value("e2e_epochs", 0);  // jobs from before end-to-end training: none
     s.e2e_lr = j.value("e2e_lr", s.e2e_lr);
+    s.e2e_samples = j.value("e2e_samples", s.e2e_samples);
+    s.e2e_norm_lr = j.value("e2e_norm_lr", s.e2e_norm_lr);
     s.importance = importance_options_from_json(j.at("importance"));
     s.safety = j.at("safety").get<double>();
     s.genetic = j.at("genetic").get<bool>();
@@ -139,14 +144,15 @@ struct Calibration {
   }
 };
 
+// ends_only: keep only the model's input and output (acts[0], acts[1]).
 Calibration collect_calibration(engine::Model& model, const std::vector<int32_t>& tokens,
-                                int64_t n_ctx, int64_t seqs) {
+                                int64_t n_ctx, int64_t seqs, bool ends_only = false) {
   Calibration c;
   c.n_ctx = n_ctx;
   c.seqs = std::min<int64_t>(seqs, int64_t(tokens.size()) / n_ctx);
   c.dim = model.config().hidden_size;
   const int64_t L = model.num_layers(), per = n_ctx * c.dim;
-  c.acts.assign(size_t(L + 1), std::vector<float>(size_t(c.seqs * per)));
+  c.acts.assign(size_t(ends_only ? 2 : L + 1), std::vector<float>(size_t(c.seqs * per)));
   const int64_t batch = 16;
   for (int64_t s0 = 0; s0 < c.seqs; s0 += batch) {
     const int64_t n = std::min(batch, c.seqs - s0);
@@ -155,7 +161,8 @@ Calibration collect_calibration(engine::Model& model, const std::vector<int32_t>
       seqs_.emplace_back(tokens.begin() + (s0 + i) * n_ctx, tokens.begin() + (s0 + i + 1) * n_ctx);
     engine::Hidden h = model.embed(seqs_);
     for (int64_t b = 0; b <= L; ++b) {
-      std::copy(h.data.begin(), h.data.end(), c.acts[size_t(b)].begin() + s0 * per);
+      if (!ends_only || b == 0 || b == L)
+        std::copy(h.data.begin(), h.data.end(), c.acts[size_t(ends_only ? b / L : b)].begin() + s0 * per);
       if (b < L) model.run_block(b, h);
     }
   }
@@ -799,8 +806,7 @@ void Worker::output(const std::vector<float>& x) {
 
 // Block 0's inputs as the written model computes them: the calibration
 // embeddings with the token_embd row quantized in its chosen type.
-std::vector<float> quantized_embeddings(Context& c, const json& types) {
-  const Calibration& cal = *c.calib;
+std::vector<float> quantized_embeddings(Context& c, const Calibration& cal, const json& types) {
   std::vector<float> x = cal.acts[0];
   const engine::Weight& e = c.model.weight("token_embd.weight");
   if (!types.contains("token_embd.weight") || e.quantized()) return x;
@@ -836,7 +842,14 @@ void Worker::end_to_end() {
     store_.commit_result(u->id, j);
     return;
   }
-  ensure_calibration();
+  // Its own sample, as large as asked: every matrix learns from the whole
+  // model's output, and with 512 sequences the training KL fell well below
+  // the held-out one.
+  c_.calib.reset();  // the blocks' activations are done with
+  c_.channel_weights.clear();
+  const int64_t samples = c_.s.e2e_samples > 0 ? c_.s.e2e_samples : 2 * c_.s.samples;
+  say(opt_, fmt::format("end-to-end: {} sequences of {} tokens through the unquantized model", samples, c_.s.n_ctx));
+  const Calibration cal = collect_calibration(c_.model, c_.calib_tokens, c_.s.n_ctx, samples, true);
   const json types = store_.unit_metrics(job_, "trade")->at("types");
   const std::string dir = parts_dir(store_, job_);
   auto importance = [&](const std::string& n, int64_t cols) {
@@ -876,7 +889,6 @@ void Worker::end_to_end() {
     qm.blocks.push_back(p);
     qm.train.push_back(t);
   }
-  const Calibration& cal = *c_.calib;
   const engine::Weight* ow = c_.model.find_weight("output.weight");
   const auto out_unit = store_.unit_metrics(job_, "final.output");
   if (ow == nullptr || ow->quantized() || !out_unit || !out_unit->value("trained", false)) {
@@ -886,20 +898,21 @@ void Worker::end_to_end() {
     return;
   }
   qm.output = load("output.weight", &qm.output_fixed);
-  qm.head.x_ref = cal.acts[size_t(L_)].data();
+  qm.head.x_ref = cal.acts[1].data();
   qm.head.norm = c_.model.weight("output_norm.weight").f32.data();
   qm.head.w_ref = ow->f32.data();
   qm.head.rows = cal.seqs * cal.n_ctx;
   qm.head.dim = cal.dim;
   qm.head.vocab = ow->rows();
   qm.head.eps = float(c_.model.config().rms_norm_eps);
-  const std::vector<float> x0 = quantized_embeddings(c_, types);
+  const std::vector<float> x0 = quantized_embeddings(c_, cal, types);
   E2EOptions o;
   o.epochs = c_.s.e2e_epochs;
   o.lr = c_.s.e2e_lr;
   o.scale_lr_factor = c_.s.train.scale_lr_factor;
   o.batch = c_.s.train.batch;
   o.eval_sequences = c_.s.train.eval_sequences;
+  o.norm_lr = c_.s.e2e_norm_lr;
   o.stop = opt_.stop;
   say(opt_, fmt::format("end-to-end: {} matrices trained together on the model's KL divergence, {} epochs",
                         trainees.size(), o.epochs));
@@ -914,12 +927,39 @@ void Worker::end_to_end() {
   // Always written (the best iterate may be the start), so the parts agree
   // with each other; the .params stay as they were: a rerun starts over.
   for (const auto& [n, tm] : trainees) save_part(dir, n, tm->blocks());
+  json norms = json::array();
+  auto save_norm = [&](const std::string& n, const std::vector<float>& v) {
+    std::vector<uint8_t> bytes(v.size() * sizeof(float));
+    std::memcpy(bytes.data(), v.data(), bytes.size());
+    save_part(dir, n, bytes);
+    norms.push_back(n);
+  };
+  for (size_t b = 0; b < qm.norms.size(); ++b) {
+    save_norm(fmt::format("blk.{}.attn_norm.weight", b), qm.norms[b][0]);
+    save_norm(fmt::format("blk.{}.ffn_norm.weight", b), qm.norms[b][1]);
+  }
+  if (!qm.output_norm.empty()) save_norm("output_norm.weight", qm.output_norm);
   j = r.to_json();
   j["trained"] = true;
   j["matrices"] = trainees.size();
+  j["norms"] = norms;
   store_.commit_result(u->id, j);
   report("end_to_end", fmt::format("held-out KL {:.4g} -> {:.4g} in {} steps, {:.1f} s", r.before, r.after,
                                    r.steps, r.seconds));
+}
+
+// The norm weights end-to-end training changed (F32 values in the job's
+// folder), added to `types` and `blocks` for evaluation or writing.
+void add_trained_norms(jobs::JobStore& store, int64_t job, engine::Model& model,
+                       std::map<std::string, GgmlType>& types, std::map<std::string, std::vector<uint8_t>>& blocks) {
+  const auto m = store.unit_metrics(job, "end_to_end");
+  if (!m || !m->contains("norms")) return;
+  const std::string dir = parts_dir(store, job);
+  for (const json& n : m->at("norms")) {
+    const std::string name = n.get<std::string>();
+    blocks[name] = load_part(dir, name, size_t(model.weight(name).numel()) * sizeof(float));
+    types[name] = GgmlType::F32;
+  }
 }
 
 void Worker::validate() {
@@ -940,6 +980,7 @@ void Worker::validate() {
     const engine::Weight& w = c_.model.weight("output.weight");
     blocks["output.weight"] = load_part(dir, "output.weight", row_size(types.at("output.weight"), w.cols()) * size_t(w.rows()));
   }
+  add_trained_norms(store_, job_, c_.model, types, blocks);
   say(opt_, fmt::format("validation: {} windows of {} tokens of {}", c_.s.eval_windows, c_.s.eval_ctx,
                         c_.s.eval.empty() ? c_.s.text : c_.s.eval));
   plan::AssignmentEvaluator ev(c_.model, c_.eval_tokens, c_.s.eval_ctx, c_.s.eval_windows, &c_.imatrix);
@@ -1040,6 +1081,7 @@ void write_output(jobs::JobStore& store, int64_t job, Context& c, const std::str
     co.tensor_blocks["output.weight"] =
         load_part(dir, "output.weight", row_size(co.tensor_types.at("output.weight"), w.cols()) * size_t(w.rows()));
   }
+  add_trained_norms(store, job, c.model, co.tensor_types, co.tensor_blocks);
   co.file_type = dominant_file_type(c.model_path, co.tensor_types);
   co.imatrix = &c.imatrix;
   convert_hf_to_gguf(co);

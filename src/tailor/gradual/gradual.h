@@ -51,6 +51,8 @@ struct Settings {
   // (e2e_trainer.h), after the block-wise final training (0 epochs: none).
   int e2e_epochs = 3;
   float e2e_lr = 4e-3f;
+  int64_t e2e_samples = 0;  // sequences of n_ctx tokens (0: twice `samples`)
+  float e2e_norm_lr = 1e-3f;  // relative step of the F32 norm weights (0: left as they are)
   ImportanceOptions importance;
   double safety = 2.0;
   std::optional<double> max_ppl_increase;  // percent

@@ -13,7 +13,7 @@ namespace {
 
 
 // rows of x, RMS-normalized and scaled by the norm weight.
-void normalize(const OutputData& d, const float* x, int64_t n, std::vector<float>& out) {
+void normalize(const OutputData& d, const float* x, int64_t n, const float* norm, std::vector<float>& out) {
   out.resize(size_t(n * d.dim));
   parallel_for(n, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -21,7 +21,7 @@ void normalize(const OutputData& d, const float* x, int64_t n, std::vector<float
       double ss = 0;
       for (int64_t j = 0; j < d.dim; ++j) ss += double(xr[j]) * xr[j];
       const float inv = float(1.0 / std::sqrt(ss / double(d.dim) + d.eps));
-      for (int64_t j = 0; j < d.dim; ++j) out[size_t(r * d.dim + j)] = xr[j] * inv * d.norm[j];
+      for (int64_t j = 0; j < d.dim; ++j) out[size_t(r * d.dim + j)] = xr[j] * inv * norm[j];
     }
   });
 }
@@ -46,9 +46,9 @@ void log_softmax(std::vector<float>& z, int64_t n, int64_t v) {
 // dw/dx, also the gradients of grad_scale * (summed KL) w.r.t. the quantized
 // output weights and the quantized rows before the norm.
 double head_kl(const OutputData& d, const float* xq, const float* xr, int64_t n, const float* wq,
-               HeadScratch& b, float grad_scale, float* dw, float* dx) {
-  normalize(d, xq, n, b.xq);
-  normalize(d, xr, n, b.xr);
+               HeadScratch& b, float grad_scale, float* dw, float* dx, float* dnorm) {
+  normalize(d, xq, n, d.norm, b.xq);
+  normalize(d, xr, n, d.norm_ref != nullptr ? d.norm_ref : d.norm, b.xr);
   b.lq.resize(size_t(n * d.vocab));
   b.lr.resize(b.lq.size());
   const auto g = engine::default_gemm();
@@ -69,7 +69,7 @@ double head_kl(const OutputData& d, const float* xq, const float* xr, int64_t n,
   });
   double kl = 0;
   for (double v : part) kl += v;
-  if (dw == nullptr && dx == nullptr) return kl;
+  if (dw == nullptr && dx == nullptr && dnorm == nullptr) return kl;
   // d KL / d logits_q = softmax(q) - softmax(ref), in place of lq.
   parallel_for(n * d.vocab, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
@@ -78,11 +78,12 @@ double head_kl(const OutputData& d, const float* xq, const float* xr, int64_t n,
   // dW [vocab][dim] = dlogits^T [vocab][n] x [n][dim]
   if (dw != nullptr)
     engine::sgemm_ex(g, true, false, d.vocab, d.dim, n, b.lq.data(), d.vocab, b.xq.data(), d.dim, 0.0f, dw, d.dim);
-  if (dx != nullptr) {
+  if (dx != nullptr || dnorm != nullptr) {
     // d normed [n][dim] = dlogits [n][vocab] W [vocab][dim], then through the norm.
     b.dn.resize(size_t(n * d.dim));
     engine::sgemm_ex(g, false, false, n, d.dim, d.vocab, b.lq.data(), d.vocab, wq, d.dim, 0.0f, b.dn.data(), d.dim);
-    ops::rms_norm_backward(Exec{}, xq, d.norm, b.dn.data(), dx, n, d.dim, d.eps);
+    if (dx != nullptr) ops::rms_norm_backward(Exec{}, xq, d.norm, b.dn.data(), dx, n, d.dim, d.eps);
+    if (dnorm != nullptr) ops::rms_norm_weight_backward(Exec{}, xq, b.dn.data(), dnorm, n, d.dim, d.eps);
   }
   return kl;
 }

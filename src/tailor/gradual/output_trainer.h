@@ -15,6 +15,7 @@ struct OutputData {
   const float* x_quant = nullptr;  // [rows][dim] final hidden states after the quantized blocks
   const float* x_ref = nullptr;    // [rows][dim] the unquantized model's
   const float* norm = nullptr;     // output norm weight [dim]
+  const float* norm_ref = nullptr; // the unquantized model's, when norm is being trained (null: norm)
   const float* w_ref = nullptr;    // unquantized output matrix [vocab][dim]
   int64_t rows = 0, dim = 0, vocab = 0;
   float eps = 1e-5f;
@@ -33,10 +34,11 @@ struct HeadScratch {
 // The summed KL(ref || quantized) of the next-token distributions over n
 // rows: xq [n][dim] the quantized model's hidden states before the output
 // norm, xr the unquantized model's, wq the quantized output matrix. With dw
-// ([vocab][dim]) or dx ([n][dim], not aliasing xq), also the gradients of
-// grad_scale * that sum w.r.t. wq and xq.
+// ([vocab][dim]), dx ([n][dim], not aliasing xq) or dnorm ([dim]), also the
+// gradients of grad_scale * that sum w.r.t. wq, xq and the norm weight.
 double head_kl(const OutputData& d, const float* xq, const float* xr, int64_t n, const float* wq,
-               HeadScratch& b, float grad_scale = 1.0f, float* dw = nullptr, float* dx = nullptr);
+               HeadScratch& b, float grad_scale = 1.0f, float* dw = nullptr, float* dx = nullptr,
+               float* dnorm = nullptr);
 
 // Mean KL(ref || quantized) over rows [first, first + n) with weights `wq`.
 double output_kl(const OutputData& d, const float* wq, int64_t first, int64_t n);

@@ -48,7 +48,8 @@ AssignmentResult AssignmentEvaluator::evaluate(const TypeMap& types, const Prequ
   };
   try {
     for (const auto& [name, type] : types) {
-      if (type == GgmlType::F32) continue;
+      const bool given = blocks != nullptr && blocks->count(name) > 0;
+      if (type == GgmlType::F32 && !given) continue;  // F32 values given are used (trained norms)
       const engine::Weight& w = model_.weight(name);
       if (blocks != nullptr)
         if (auto it = blocks->find(name); it != blocks->end()) {

@@ -38,7 +38,8 @@ class AssignmentEvaluator {
                       int64_t windows, const eval::Imatrix* imatrix);
 
   // Blocks made elsewhere (trained rounding): GGUF name -> rows of GGML
-  // blocks of the type `types` names, used instead of quantizing.
+  // blocks of the type `types` names, used instead of quantizing; for F32
+  // the raw values replace the model's (trained norm weights).
   using Prequantized = std::map<std::string, std::vector<uint8_t>>;
   // Quantizes the named tensors, measures, and restores the model (also on error).
   AssignmentResult evaluate(const TypeMap& types, const Prequantized* blocks = nullptr);
