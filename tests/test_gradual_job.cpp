@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -123,7 +124,7 @@ TEST(GradualTrainer, AdaptiveStopSavesStepsWhenTheBudgetIsOutOfReach) {
 std::string quick_args(const std::string& db, const std::string& out) {
   return kModel + " --text " + kCalib + " --eval " + kEval +
          " --target-size Q3_K_M --ctx 64 --samples 32 --small-sample 16 --ladder 8,4,2"
-         " --attn-epochs 1 --mlp-epochs 1 --joint-epochs 1"
+         " --attn-epochs 1 --mlp-epochs 1 --joint-epochs 1 --e2e-epochs 1"
          " --measure-types Q8_0,Q4_K,Q3_K,Q2_K --measure-windows 2 --measure-ctx 128"
          " --importance-windows 2 --importance-ctx 128 --windows 2 --eval-ctx 256 -q --db " +
          db + " -o " + out;
@@ -200,10 +201,24 @@ TEST(GradualCli, KilledJobResumesFromTheLastFinishedUnit) {
   engine::LoadOptions lo;
   lo.dequantize = false;
   engine::Model g = engine::Model::load_gguf(out, lo);
-  int checked = 0;
+  engine::Model ref = engine::Model::load(kModel);
+  int checked = 0, norms = 0;
+  auto part_floats = [&](const std::string& name) {
+    std::ifstream part(parts + "/" + name + ".bin", std::ios::binary);
+    const std::vector<char> bytes{std::istreambuf_iterator<char>(part), {}};
+    std::vector<float> v(bytes.size() / sizeof(float));
+    std::memcpy(v.data(), bytes.data(), v.size() * sizeof(float));
+    return v;
+  };
   for (const auto& [name, type] : validate->at("types").items()) {
     if (name.rfind("blk.", 0) != 0) continue;
     const engine::Weight& w = g.weight(name);
+    if (type == "F32") {  // a norm weight tuned by end-to-end training, in the file as tuned
+      EXPECT_EQ(w.f32, part_floats(name)) << name;
+      EXPECT_NE(w.f32, ref.weight(name).f32) << name << " was not changed by training";
+      ++norms;
+      continue;
+    }
     EXPECT_EQ(std::string(type_name(w.stored_type())), type.get<std::string>()) << name;
     std::ifstream part(parts + "/" + name + ".bin", std::ios::binary);
     ASSERT_TRUE(part) << name;
@@ -217,6 +232,12 @@ TEST(GradualCli, KilledJobResumesFromTheLastFinishedUnit) {
     ++checked;
   }
   EXPECT_EQ(checked, 56);
+  const auto e2e = store.unit_metrics(job, "end_to_end");
+  ASSERT_TRUE(e2e.has_value());
+  EXPECT_TRUE(e2e->value("trained", false));
+  EXPECT_EQ(norms, 16);
+  EXPECT_EQ(g.weight("output_norm.weight").f32, part_floats("output_norm.weight"));
+  EXPECT_LE(e2e->at("after").get<double>(), e2e->at("before").get<double>());
   // The output matrix, trained on the KL divergence, is in the file as trained.
   const auto out_unit = store.unit_metrics(job, "final.output");
   ASSERT_TRUE(out_unit.has_value());

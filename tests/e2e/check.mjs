@@ -58,7 +58,7 @@ function gradual(folder, out) {
   rmSync(db, {force: true});
   const json = execFileSync(args.tailor, [
     "gradual", folder, "--text", join(args.shared, "text", "calibration.txt"), "--target-size", "Q3_K_M",
-    "--ctx", "64", "--samples", "32", "--small-sample", "16", "--ladder", "8", "--attn-epochs", "1", "--output-epochs", "1",
+    "--ctx", "64", "--samples", "32", "--small-sample", "16", "--ladder", "8", "--attn-epochs", "1", "--output-epochs", "1", "--e2e-epochs", "1",
     "--mlp-epochs", "1", "--joint-epochs", "1", "--measure-types", "Q8_0,Q4_K,Q3_K,Q2_K", "--measure-windows", "2",
     "--measure-ctx", "128", "--importance-windows", "2", "--importance-ctx", "128", "--windows", "2",
     "--eval-ctx", "256", "--db", db, "-o", out, "--json"],

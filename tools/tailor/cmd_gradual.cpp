@@ -86,6 +86,17 @@ void print_report(const nlohmann::json& exported) {
                        b["error"].get<double>(), b["threshold"].get<double>(), b["trained"].get<bool>() ? "yes" : "no",
                        b["seconds"].get<double>(), types);
   }
+  if (units.count("final.output") && units["final.output"].value("trained", false)) {
+    const auto& o = units["final.output"];
+    out += fmt::format("\noutput matrix trained on the KL divergence: {:.4g} -> {:.4g} (calibration)\n",
+                       o["kl_before"].get<double>(), o["kl_after"].get<double>());
+  }
+  if (units.count("end_to_end") && units["end_to_end"].value("trained", false)) {
+    const auto& e = units["end_to_end"];
+    out += fmt::format("end-to-end training ({} matrices, {} norms): held-out KL {:.4g} -> {:.4g}, {} steps, {:.0f} s\n",
+                       e["matrices"].get<int>(), e["norms"].size(), e["before"].get<double>(),
+                       e["after"].get<double>(), e["steps"].get<int>(), e["seconds"].get<double>());
+  }
   if (units.count("validate")) {
     const auto& v = units["validate"];
     out += fmt::format(

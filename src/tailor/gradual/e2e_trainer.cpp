@@ -2,15 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include "tailor/util/clock.h"
+#include "tailor/util/parallel.h"
 #include "tailor/util/error.h"
 
 namespace tailor::gradual {
 
 nlohmann::json E2EReport::to_json() const {
-  return {{"before", before}, {"after", after}, {"steps", steps}, {"seconds", seconds}, {"stopped", stopped}};
+  return {{"before", before}, {"after", after}, {"steps", steps}, {"seconds", seconds}, {"stopped", stopped},
+          {"checks", checks}};
 }
 
 namespace {
@@ -23,7 +26,8 @@ void norm_step(std::vector<float>& w, const std::vector<float>& g, float lr) {
 
 class Runner {
  public:
-  Runner(QuantModel& m, int64_t n_ctx, float norm_lr = 0) : m_(m), n_ctx_(n_ctx), norm_lr_(norm_lr) {
+  Runner(QuantModel& m, int64_t n_ctx, float norm_lr = 0, float momentum = 0)
+      : m_(m), n_ctx_(n_ctx), norm_lr_(norm_lr), momentum_(momentum) {
     for (size_t b = 0; b < m.blocks.size(); ++b) tapes_.push_back(std::make_unique<BlockTape>(m.dims));
     if (norm_lr_ > 0) {
       const int64_t dim = m.dims.dim;
@@ -79,7 +83,7 @@ class Runner {
     const double kl = head_kl(m_.head, h_.data(), m_.head.x_ref + s0 * n_ctx_ * dim, rows, output_weights(),
                               scratch_, 1.0f / float(rows), train_out ? gout_.data() : nullptr, dh_.data(),
                               norms ? dout_norm_.data() : nullptr);
-    if (train_out) m_.output->step(gout_.data(), lr, lr_scale);
+    if (train_out) m_.output->step(average(m_.output, gout_.data()), lr, lr_scale);
     if (norms) norm_step(m_.output_norm, dout_norm_, norm_lr_);
     for (size_t b = tapes_.size(); b-- > 0;) {
       std::array<float*, kNumLin> g{};
@@ -92,13 +96,31 @@ class Runner {
       tapes_[b]->backward(p, dh_.data(), g, b > 0 ? dh_.data() : nullptr, norms ? dan_.data() : nullptr,
                           norms ? dfn_.data() : nullptr);
       for (int i = 0; i < kNumLin; ++i)
-        if (g[size_t(i)] != nullptr) m_.train[b][size_t(i)]->step(g[size_t(i)], lr, lr_scale);
+        if (g[size_t(i)] != nullptr)
+          m_.train[b][size_t(i)]->step(average(m_.train[b][size_t(i)], g[size_t(i)]), lr, lr_scale);
       if (norms) {
         norm_step(m_.norms[b][0], dan_, norm_lr_);
         norm_step(m_.norms[b][1], dfn_, norm_lr_);
       }
     }
     return kl / double(rows);
+  }
+
+  // The running average of t's weight gradients with g folded in (g itself
+  // without momentum).
+  const float* average(const TrainableMatrix* t, const float* g) {
+    if (momentum_ <= 0) return g;
+    std::vector<float>& m = avg_[t];
+    const size_t n = size_t(t->rows() * t->cols());
+    if (m.empty()) {
+      m.assign(g, g + n);
+      return m.data();
+    }
+    const float b = momentum_;
+    parallel_for(int64_t(n), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) m[size_t(i)] = b * m[size_t(i)] + (1 - b) * g[i];
+    });
+    return m.data();
   }
 
   struct State {
@@ -132,7 +154,8 @@ class Runner {
 
   QuantModel& m_;
   int64_t n_ctx_;
-  float norm_lr_;
+  float norm_lr_, momentum_;
+  std::map<const TrainableMatrix*, std::vector<float>> avg_;
   std::vector<float> dan_, dfn_, dout_norm_;
   std::vector<std::unique_ptr<BlockTape>> tapes_;
   std::vector<float> h_, dh_, gout_;
@@ -159,7 +182,7 @@ E2EReport train_end_to_end(QuantModel& m, const float* x0, int64_t seqs, int64_t
   const double t0 = now_seconds();
   const int64_t held = std::min(o.eval_sequences, seqs / 4);
   const int64_t train_seqs = seqs - held, per_epoch = train_seqs / o.batch;
-  Runner r(m, n_ctx, o.norm_lr);
+  Runner r(m, n_ctx, o.norm_lr, o.momentum);
   rep.before = mean_kl(r, x0, 0, held, n_ctx, o.batch);
   rep.after = rep.before;
   if (per_epoch <= 0 || o.epochs <= 0) {
@@ -180,6 +203,7 @@ E2EReport train_end_to_end(QuantModel& m, const float* x0, int64_t seqs, int64_t
     ++rep.steps;
     if ((k + 1) % every == 0 || k + 1 == total) {
       const double kl = mean_kl(r, x0, 0, held, n_ctx, o.batch);
+      rep.checks.emplace_back(k + 1, kl);
       if (kl < rep.after) {
         rep.after = kl;
         best = r.save();

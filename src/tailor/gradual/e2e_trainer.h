@@ -6,9 +6,10 @@
 // Here every trainable matrix of every block, and the output matrix, steps by
 // the gradient of the KL itself, back-propagated through the output norm and
 // all blocks (BlockTape::backward with dx chains them), so each matrix's
-// rounding is judged by what the model finally predicts. It starts from the
-// block-wise result; the best iterate by the KL on held-out calibration
-// sequences is kept.
+// rounding is judged by what the model finally predicts. The best iterate by
+// the KL on held-out calibration sequences is kept. From plain rounding it
+// lowered llama-30m's eval KLD by 21%; from the block-wise result it found
+// nothing better (gradual.h).
 #pragma once
 #include <array>
 #include <atomic>
@@ -49,6 +50,11 @@ struct E2EOptions {
   float lr = 5e-4f;               // signed step of the rounding offsets
   float scale_lr_factor = 0.1f;   // multipliers step this times lr
   float norm_lr = 1e-3f;          // norm weights: w -= norm_lr * |w| * sign(g) (0: frozen)
+  // Signs are taken of a running average of the weight gradients, m = b m +
+  // (1 - b) g (0: of each batch's own). Measured on llama-30m from the
+  // block-trained state, 0.9 made things worse than none: consistent signs
+  // push more roundings over their boundaries.
+  float momentum = 0.0f;
   int64_t batch = 8;              // sequences per step
   int64_t eval_sequences = 32;    // held out: the first ones, never trained on
   int evals_per_epoch = 4;        // best-iterate checks per epoch
@@ -61,6 +67,7 @@ struct E2EReport {
   int64_t steps = 0;
   double seconds = 0;
   bool stopped = false;  // opt.stop was raised
+  std::vector<std::pair<int64_t, double>> checks;  // (step, held-out KL) at each check
   nlohmann::json to_json() const;
 };
 
