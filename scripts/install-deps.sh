@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# ocl-icd-opencl-dev is only a Recommends of libdnnl-dev, but its cmake config needs OpenCL.
 PKGS=(build-essential cmake pkg-config git clang libclang-rt-14-dev
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libfmt-dev
       libsentencepiece-dev libzstd-dev libxxhash-dev libyaml-cpp-dev libsqlite3-dev
-      libopenblas-dev libdnnl-dev libpcre2-dev libspdlog-dev libcpp-httplib-dev
+      libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libpcre2-dev libspdlog-dev libcpp-httplib-dev
       libcurl4-openssl-dev libssl-dev libicu-dev libpng-dev
       chromium)  # the web app's browser test (web/tests/ui.mjs)
 

@@ -74,8 +74,8 @@ TEST(GradualE2E, HeadGradientsMatchFiniteDifferences) {
   check(norm, dnorm, "dKL/dnorm");  // the quantized side's norm only (d.norm_ref)
 }
 
-// A 2-layer model with every matrix in Q4_0 (IQ3_S for one, which has no
-// trainable rounding and stays fixed) is trained end to end on random-token
+// A 2-layer model with every matrix in Q4_0 (IQ3_S for one, held fixed as
+// the job holds a quantized input tensor) is trained end to end on random-token
 // sequences; the held-out KL must fall (random tokens on random weights
 // generalize little: 7%), and the matrices left behind must
 // give exactly the reported KL.
@@ -101,7 +101,7 @@ TEST(GradualE2E, TrainingLowersHeldOutKl) {
     std::array<TrainableMatrix*, kNumLin> t{};
     for (int i = 0; i < kNumLin; ++i) {
       const engine::Weight& w = m.weight(fmt::format("blk.{}.{}.weight", b, lin_name(i)));
-      if (b == 1 && i == kUp) {  // a plain-only type stays as it is
+      if (b == 1 && i == kUp) {  // a fixed matrix stays as it is
         std::vector<uint8_t> q(row_size(GgmlType::IQ3_S, w.cols()) * size_t(w.rows()));
         quantize_rows(GgmlType::IQ3_S, w.f32.data(), q.data(), w.rows(), w.cols(), nullptr);
         fixed.resize(size_t(w.numel()));

@@ -437,16 +437,22 @@ json importance_unit(const Importance& imp, const std::vector<double>& thr, cons
 }
 
 // Trading options: every planned tensor's measured types, costs scaled by
-// what training did to its block at that type (a type not trained there
-// takes the geometric mean of its ratios elsewhere; plain-only types 1).
+// what training did to its block at that type. A type not trained there takes
+// the geometric mean of its ratios elsewhere, and a type trained nowhere (off
+// the ladder: Q3_K, IQ3_S, ...) the mean of its block's ratios, so that the
+// walk's types get no credit the others would earn too. Untrainable types: 1.
 std::vector<TradeLayer> trade_layers(const plan::Plan& p, const std::vector<json>& blocks,
                                      std::map<std::string, GgmlType> start) {
   const auto ratios = training_ratios(blocks);
   std::map<GgmlType, std::pair<double, int>> mean;
+  std::map<int64_t, std::pair<double, int>> block_mean;
   for (const auto& [b, m] : ratios)
     for (const auto& [t, r] : m) {
-      mean[t].first += std::log(std::max(r, 1e-6));
+      const double lr = std::log(std::max(r, 1e-6));
+      mean[t].first += lr;
       mean[t].second += 1;
+      block_mean[b].first += lr;
+      block_mean[b].second += 1;
     }
   std::vector<TradeLayer> out;
   for (size_t i = 0; i < p.options.size(); ++i) {
@@ -462,6 +468,7 @@ std::vector<TradeLayer> trade_layers(const plan::Plan& p, const std::vector<json
         const auto bit = ratios.find(layer);
         if (bit != ratios.end() && bit->second.count(o.type)) ratio = bit->second.at(o.type);
         else if (mean.count(o.type)) ratio = std::exp(mean[o.type].first / mean[o.type].second);
+        else if (block_mean.count(layer)) ratio = std::exp(block_mean[layer].first / block_mean[layer].second);
       }
       if (o.type == want) L.current = L.options.size();
       L.options.push_back({o.type, o.bytes, o.cost * ratio});

@@ -365,15 +365,35 @@ inline int sign_of(double g) { return (g > 0) - (g < 0); }
 
 }  // namespace
 
-bool rounding_trainable(GgmlType t) { return find_format(t) != nullptr; }
+// Lattice types (IQ1/IQ2/IQ3) pick each group of 4 or 8 levels from a
+// codebook of grid points, so a per-weight offset cannot move one level: they
+// are trained through the quantizer instead (see rounding.h).
+bool requantized(GgmlType t) {
+  switch (t) {
+    case GgmlType::IQ1_S:
+    case GgmlType::IQ1_M:
+    case GgmlType::IQ2_XXS:
+    case GgmlType::IQ2_XS:
+    case GgmlType::IQ2_S:
+    case GgmlType::IQ3_XXS:
+    case GgmlType::IQ3_S:
+      return true;
+    default:
+      return false;
+  }
+}
+
+constexpr int64_t kUnitGroup = 32;  // weights sharing one offset unit (a lattice sub-block)
+
+bool rounding_trainable(GgmlType t) { return find_format(t) != nullptr || requantized(t); }
 
 TrainableMatrix::TrainableMatrix(GgmlType t, const float* w, int64_t rows, int64_t cols,
                                  const float* importance, RoundingOptions o)
     : type_(t), rows_(rows), cols_(cols), fmt_(find_format(t)), opt_(o) {
-  if (fmt_ == nullptr) fail("trainable rounding: type {} is not supported", type_name(t));
-  if (rows <= 0 || cols <= 0 || cols % fmt_->block != 0)
-    fail("trainable rounding: {} matrix [{}][{}] does not fit {}-element blocks", type_name(t), rows, cols,
-         fmt_->block);
+  if (fmt_ == nullptr && !requantized(t)) fail("trainable rounding: type {} is not supported", type_name(t));
+  const int64_t block = fmt_ ? fmt_->block : type_info(t).block_size;
+  if (rows <= 0 || cols <= 0 || cols % block != 0)
+    fail("trainable rounding: {} matrix [{}][{}] does not fit {}-element blocks", type_name(t), rows, cols, block);
   if (!(o.scale_range >= 0.0f && o.scale_range < 1.0f))
     fail("trainable rounding: scale_range {} is outside [0, 1)", o.scale_range);
   const int64_t n = rows * cols;
@@ -381,6 +401,10 @@ TrainableMatrix::TrainableMatrix(GgmlType t, const float* w, int64_t rows, int64
   if (importance) importance_.assign(importance, importance + cols);
   blocks_.resize(static_cast<size_t>(rows) * row_size(t, cols));
   quantize_rows(t, w, blocks_.data(), rows, cols, importance, opt_.threads);
+  if (fmt_ == nullptr) {
+    init_requantized();
+    return;
+  }
 
   const int64_t nblocks = n / fmt_->block, nsubs = n / fmt_->group;
   d0_.resize(nblocks);
@@ -427,7 +451,36 @@ TrainableMatrix::TrainableMatrix(GgmlType t, const float* w, int64_t rows, int64
   materialize();
 }
 
+void TrainableMatrix::init_requantized() {
+  const int64_t n = rows_ * cols_;
+  weights_.resize(size_t(n));
+  dequantize_rows(type_, blocks_.data(), weights_.data(), rows_, cols_, opt_.threads);
+  // An offset of 1 moves a weight by about one level spacing: sqrt(12) times
+  // the RMS rounding error of its group (uniform error over one spacing).
+  unit_.assign(size_t(n / kUnitGroup), 0.0f);
+  for (size_t g = 0; g < unit_.size(); ++g) {
+    double sq = 0.0;
+    for (size_t e = g * kUnitGroup; e < (g + 1) * kUnitGroup; ++e) {
+      const double d = double(weights_[e]) - w_[e];
+      sq += d * d;
+    }
+    const double u = std::sqrt(12.0 * sq / kUnitGroup);
+    unit_[g] = std::isfinite(u) && u < 1e30 ? float(u) : 0.0f;
+  }
+  params_.offsets.assign(size_t(n), 0.0f);
+  pending_ = params_.offsets;
+}
+
 void TrainableMatrix::materialize() {
+  if (fmt_ == nullptr) {
+    // Lattice types: quantize the shifted weights w + v * unit afresh.
+    std::vector<float> shifted(w_.size());
+    for (size_t e = 0; e < w_.size(); ++e) shifted[e] = w_[e] + params_.offsets[e] * unit_[e / kUnitGroup];
+    quantize_rows(type_, shifted.data(), blocks_.data(), rows_, cols_,
+                  importance_.empty() ? nullptr : importance_.data(), opt_.threads);
+    dequantize_rows(type_, blocks_.data(), weights_.data(), rows_, cols_, opt_.threads);
+    return;
+  }
   const Format& f = *fmt_;
   const int64_t blocks_per_row = cols_ / f.block;
   const size_t bpb = type_info(type_).bytes_per_block;
@@ -481,8 +534,14 @@ void TrainableMatrix::materialize() {
 }
 
 TrainableMatrix::Params TrainableMatrix::gradients(const float* grad_w) const {
-  const Format& f = *fmt_;
   Params g;
+  if (fmt_ == nullptr) {
+    // Straight through the quantizer: d W_hat / d v = unit.
+    g.offsets.resize(w_.size());
+    for (size_t e = 0; e < w_.size(); ++e) g.offsets[e] = grad_w[e] * unit_[e / kUnitGroup];
+    return g;
+  }
+  const Format& f = *fmt_;
   g.offsets.assign(w_.size(), 0.0f);
   g.scale_mult.assign(scale_.size(), 0.0f);
   if (f.affine) g.min_mult.assign(scale_.size(), 0.0f);
@@ -526,6 +585,18 @@ TrainableMatrix::Params TrainableMatrix::gradients(const float* grad_w) const {
 
 void TrainableMatrix::step(const float* grad_w, float lr, float lr_scale) {
   Params g = gradients(grad_w);
+  if (fmt_ == nullptr) {
+    // Lattice types: re-quantizing costs ~50x a step of the other formats, so
+    // the offsets move every step and reach the blocks every requant_every.
+    for (size_t i = 0; i < pending_.size(); ++i)
+      pending_[i] = std::clamp(pending_[i] - lr * sign_of(g.offsets[i]), -0.5f, 0.5f);
+    if (++pending_steps_ >= std::max(1, opt_.requant_every)) {
+      params_.offsets = pending_;
+      pending_steps_ = 0;
+      materialize();
+    }
+    return;
+  }
   const float lo = 1.0f - opt_.scale_range, hi = 1.0f + opt_.scale_range;
   parallel_for(
       static_cast<int64_t>(w_.size()),
@@ -550,15 +621,24 @@ void TrainableMatrix::restore(const Params& p) {
   for (float& v : params_.offsets) v = std::clamp(v, -0.5f, 0.5f);
   for (float& m : params_.scale_mult) m = std::clamp(m, lo, hi);
   for (float& m : params_.min_mult) m = std::clamp(m, lo, hi);
+  if (fmt_ == nullptr) {
+    pending_ = params_.offsets;
+    pending_steps_ = 0;
+  }
   materialize();
 }
 
 std::vector<float> TrainableMatrix::relaxed_weights(const Params& p) const {
-  const Format& f = *fmt_;
   if (p.offsets.size() != params_.offsets.size() || p.scale_mult.size() != params_.scale_mult.size() ||
       p.min_mult.size() != params_.min_mult.size())
     fail("trainable rounding: {} parameters of another matrix shape", type_name(type_));
   std::vector<float> out(w_.size());
+  if (fmt_ == nullptr) {
+    for (size_t e = 0; e < w_.size(); ++e)
+      out[e] = weights_[e] + (p.offsets[e] - params_.offsets[e]) * unit_[e / kUnitGroup];
+    return out;
+  }
+  const Format& f = *fmt_;
   for (size_t s = 0; s < scale_.size(); ++s) {
     const float scale = scale_[s], min = min_[s];
     const float scale_p = scale * (p.scale_mult[s] / params_.scale_mult[s]);

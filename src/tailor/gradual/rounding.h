@@ -23,8 +23,16 @@
 
 namespace tailor::gradual {
 
+// Lattice types (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S) choose
+// whole groups of levels from a grid codebook, so there the offsets shift the
+// weights the quantizer sees instead: W_hat = dequant(quantize(w + v * unit)),
+// unit ~ one level spacing of the weight's 32-group (sqrt(12) x its RMS
+// rounding error), with the straight-through gradient dW_hat/dv = unit and no
+// multipliers (the quantizer chooses the scales). Each step re-quantizes.
+//
 // Types TrainableMatrix accepts: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K,
-// IQ4_NL and IQ4_XS (there the offsets act on the codebook index).
+// IQ4_NL and IQ4_XS (there the offsets act on the codebook index), and the
+// lattice types above.
 bool rounding_trainable(GgmlType t);
 
 struct RoundingFormat;  // rounding.cpp: block geometry and bit layout of a type
@@ -32,6 +40,9 @@ struct RoundingFormat;  // rounding.cpp: block geometry and bit layout of a type
 struct RoundingOptions {
   float scale_range = 0.5f;  // multipliers are clamped to [1 - r, 1 + r], 0 <= r < 1
   int threads = 0;           // 0 = default_threads()
+  // Lattice types: steps per re-quantization. save() and weights() reflect
+  // the offsets of the last re-quantization.
+  int requant_every = 4;
 };
 
 class TrainableMatrix {
@@ -84,6 +95,7 @@ class TrainableMatrix {
 
  private:
   void materialize();
+  void init_requantized();
 
   GgmlType type_;
   int64_t rows_, cols_;
@@ -101,6 +113,9 @@ class TrainableMatrix {
   std::vector<uint8_t> blocks_;
   std::vector<float> weights_;
   Params params_;
+  // Lattice types: offset unit per 32 weights; offsets not yet re-quantized.
+  std::vector<float> unit_, pending_;
+  int pending_steps_ = 0;
 };
 
 }  // namespace tailor::gradual
