@@ -236,6 +236,39 @@ TEST(Progress, LinesAndDurations) {
   EXPECT_EQ(p.line(200, 200, 40.0), "eval: 200/200 tok (100%), 5.0 tok/s, 0:40");
 }
 
+// A bar first updated at 100 done (a resumed job) counts its rate from there:
+// 50 more in 10 s is 5/s, not 15/s.
+TEST(Progress, RateCountsFromTheFirstUpdate) {
+  std::FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  {
+    tailor::Progress p("gradual", "units", tailor::Progress::Mode::Plain, f);
+    p.update(100, 400);
+    EXPECT_EQ(p.line(150, 400, 10.0), "gradual: 150/400 units (38%), 5.0 units/s, ETA 0:50");
+    p.clear();  // plain mode: nothing drawn, nothing to erase
+  }
+  std::fclose(f);
+}
+
+// clear() erases a drawn terminal line once, so a log line can take its place.
+TEST(Progress, ClearErasesTheDrawnLine) {
+  std::FILE* f = std::tmpfile();
+  ASSERT_NE(f, nullptr);
+  tailor::Progress p("gradual", "units", tailor::Progress::Mode::Tty, f);
+  p.update(1, 10);
+  p.clear();
+  p.clear();
+  p.finish();  // before the file closes (it would print a final line)
+  std::fflush(f);
+  std::rewind(f);
+  std::string text(256, '\0');
+  text.resize(std::fread(text.data(), 1, text.size(), f));
+  const std::string drawn = "\rgradual: 1/10 units (10%), 0.0 units/s\x1b[K", erase = "\r\x1b[K";
+  EXPECT_EQ(text.substr(0, drawn.size() + erase.size()), drawn + erase);
+  EXPECT_NE(text.substr(drawn.size() + erase.size(), erase.size()), erase) << "erased twice";
+  std::fclose(f);
+}
+
 TEST(Progress, TerminalRedrawsOneLine) {
   std::FILE* f = std::tmpfile();
   ASSERT_NE(f, nullptr);

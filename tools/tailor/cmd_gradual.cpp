@@ -120,17 +120,23 @@ void run(GradualArgs& a) {
   opt.stop = &g_stop;
   const bool show = !a.quiet && !a.json;
   std::unique_ptr<tailor::Progress> bar;
+  std::unique_ptr<tailor::Progress> steps;
+  // Log lines go above the bars (which redraw at their next update).
+  auto clear_bars = [&] {
+    if (bar) bar->clear();
+    if (steps) steps->clear();
+  };
   if (show) opt.log = [&](const std::string& line) {
-    if (bar) bar->finish(), bar.reset();
+    clear_bars();
     std::fprintf(stderr, "%s\n", line.c_str());
   };
   opt.on_unit = [&](const gradual::Progress& p) {
     if (!show) return;
+    clear_bars();
     std::fprintf(stderr, "%s: %s\n", p.unit.c_str(), p.line.c_str());
     if (!bar) bar = std::make_unique<tailor::Progress>("gradual", "units");
     bar->update(p.done, p.total);
   };
-  std::unique_ptr<tailor::Progress> steps;
   opt.on_steps = [&](const std::string& unit, int64_t done, int64_t total) {
     if (!show) return;
     if (!steps) steps = std::make_unique<tailor::Progress>(unit, "steps");

@@ -27,7 +27,7 @@ std::string Progress::format_duration(double s) {
 }
 
 std::string Progress::line(int64_t done, int64_t total, double elapsed) const {
-  const double rate = elapsed > 0 ? double(done) / elapsed : 0.0;
+  const double rate = elapsed > 0 ? double(done - first_done_) / elapsed : 0.0;
   const double pct = total > 0 ? 100.0 * double(done) / double(total) : 0.0;
   std::string s = fmt::format("{}: {}/{} {} ({:.0f}%), {:.1f} {}/s", label_, done, total, unit_, pct, rate, unit_);
   if (done < total && rate > 0) s += ", ETA " + format_duration(double(total - done) / rate);
@@ -37,6 +37,8 @@ std::string Progress::line(int64_t done, int64_t total, double elapsed) const {
 
 void Progress::update(int64_t done, int64_t total) {
   if (mode_ == Mode::Quiet || finished_) return;
+  // Work done before the first update (a resumed job) has no time to count against.
+  if (!started_ && done > 0) first_done_ = done, start_ = Clock::now();
   started_ = true;
   done_ = done;
   total_ = total;
@@ -53,6 +55,13 @@ void Progress::update(int64_t done, int64_t total) {
   }
   std::fflush(out_);
   last_ = now;
+}
+
+void Progress::clear() {
+  if (mode_ != Mode::Tty || !drawn_) return;
+  std::fprintf(out_, "\r\x1b[K");
+  std::fflush(out_);
+  drawn_ = false;
 }
 
 void Progress::finish() {

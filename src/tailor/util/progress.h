@@ -18,7 +18,12 @@ class Progress {
            double log_every = 10.0);
   ~Progress();  // finishes the line if update() was ever called
 
+  // The rate counts from the first update's `done`, so a resumed job's units
+  // done before it started do not inflate it.
   void update(int64_t done, int64_t total);
+  // Erases a drawn terminal line so that other output can be printed; the
+  // next update draws it again (the count, rate and ETA carry on).
+  void clear();
   // Final line (rate over the whole run); called once, later calls do nothing.
   void finish();
 
@@ -33,7 +38,7 @@ class Progress {
   std::FILE* out_;
   double log_every_;
   Clock::time_point start_, last_;
-  int64_t done_ = 0, total_ = 0;
+  int64_t done_ = 0, total_ = 0, first_done_ = 0;
   bool started_ = false, finished_ = false, drawn_ = false;
 };
 
