@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 
@@ -250,37 +251,38 @@ TEST(Progress, RateCountsFromTheFirstUpdate) {
   std::fclose(f);
 }
 
-// clear() erases a drawn terminal line once, so a log line can take its place.
-TEST(Progress, ClearErasesTheDrawnLine) {
+// What a terminal-mode bar writes while `use` drives it, its final line included.
+std::string terminal_output(const char* label, const char* unit, const std::function<void(tailor::Progress&)>& use) {
   std::FILE* f = std::tmpfile();
-  ASSERT_NE(f, nullptr);
-  tailor::Progress p("gradual", "units", tailor::Progress::Mode::Tty, f);
-  p.update(1, 10);
-  p.clear();
-  p.clear();
-  p.finish();  // before the file closes (it would print a final line)
-  std::fflush(f);
-  std::rewind(f);
-  std::string text(256, '\0');
-  text.resize(std::fread(text.data(), 1, text.size(), f));
-  const std::string drawn = "\rgradual: 1/10 units (10%), 0.0 units/s\x1b[K", erase = "\r\x1b[K";
-  EXPECT_EQ(text.substr(0, drawn.size() + erase.size()), drawn + erase);
-  EXPECT_NE(text.substr(drawn.size() + erase.size(), erase.size()), erase) << "erased twice";
-  std::fclose(f);
-}
-
-TEST(Progress, TerminalRedrawsOneLine) {
-  std::FILE* f = std::tmpfile();
-  ASSERT_NE(f, nullptr);
+  if (f == nullptr) return "(no temporary file)";
   {
-    tailor::Progress p("imatrix", "tok", tailor::Progress::Mode::Tty, f);
-    p.update(10, 100);
-    p.update(100, 100);  // the last update always draws
+    tailor::Progress p(label, unit, tailor::Progress::Mode::Tty, f);
+    use(p);
   }  // the destructor ends the line
   std::rewind(f);
   std::string s(4096, '\0');
   s.resize(std::fread(s.data(), 1, s.size(), f));
   std::fclose(f);
+  return s;
+}
+
+// clear() erases a drawn terminal line once, so a log line can take its place.
+TEST(Progress, ClearErasesTheDrawnLine) {
+  const std::string text = terminal_output("gradual", "units", [](tailor::Progress& p) {
+    p.update(1, 10);
+    p.clear();
+    p.clear();
+  });
+  const std::string drawn = "\rgradual: 1/10 units (10%), 0.0 units/s\x1b[K", erase = "\r\x1b[K";
+  EXPECT_EQ(text.substr(0, drawn.size() + erase.size()), drawn + erase);
+  EXPECT_NE(text.substr(drawn.size() + erase.size(), erase.size()), erase) << "erased twice";
+}
+
+TEST(Progress, TerminalRedrawsOneLine) {
+  const std::string s = terminal_output("imatrix", "tok", [](tailor::Progress& p) {
+    p.update(10, 100);
+    p.update(100, 100);  // the last update always draws
+  });
   EXPECT_EQ(s.rfind("\rimatrix: 10/100 tok (10%)", 0), 0u) << s;
   EXPECT_NE(s.find("\rimatrix: 100/100 tok (100%)"), std::string::npos) << s;
   EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 1) << s;
