@@ -3,8 +3,9 @@
 // ids), forward alone, forward + backward of every weight gradient,
 // forward + backward of the MLP gradients only, and the same with the MLP
 // half alone recomputed (forward_mlp). Compare the last two with the
-// first for the backward's cost.
+// first for the backward's cost. Then one rounding step per format.
 #include <array>
+#include <chrono>
 #include <random>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 
 #include "tailor/engine/model.h"
 #include "tailor/gradual/block_grad.h"
+#include "tailor/gradual/rounding.h"
 
 namespace {
 
@@ -105,6 +107,37 @@ void BM_EngineRunBlock(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_EngineRunBlock)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// One TrainableMatrix::step on block 0's ffn_up [1280][512], against a Q4_K
+// step timed in the same run (x_Q4_K). Lattice types re-quantize the matrix
+// every `every` steps; the block's forward + backward above is the budget
+// these steps share.
+double seconds_per_step(gradual::TrainableMatrix& m, const std::vector<float>& g, int n) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i) m.step(g.data(), 1e-3f, 0.0f);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / n;
+}
+
+void BM_RoundingStep(benchmark::State& state, GgmlType t, int every) {
+  const engine::Weight& w = setup().model.weight("blk.0.ffn_up.weight");
+  const std::vector<float> imp(size_t(w.cols()), 1.0f);
+  std::vector<float> g(size_t(w.numel()));
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (float& v : g) v = nd(rng);
+  gradual::TrainableMatrix base(GgmlType::Q4_K, w.f32.data(), w.rows(), w.cols(), imp.data());
+  const double base_s = seconds_per_step(base, g, 8);
+  gradual::TrainableMatrix m(t, w.f32.data(), w.rows(), w.cols(), imp.data(), {0.5f, 0, every});
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) m.step(g.data(), 1e-3f, 0.0f);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  state.counters["x_Q4_K"] = s / double(state.iterations()) / base_s;
+}
+BENCHMARK_CAPTURE(BM_RoundingStep, Q4_K, GgmlType::Q4_K, 1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RoundingStep, IQ2_XXS_every1, GgmlType::IQ2_XXS, 1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RoundingStep, IQ2_XXS_every4, GgmlType::IQ2_XXS, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RoundingStep, IQ3_XXS_every4, GgmlType::IQ3_XXS, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RoundingStep, IQ3_S_every4, GgmlType::IQ3_S, 4)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 
