@@ -8,9 +8,10 @@
 // eval's KL divergence of that file from the F32 one against llama.cpp's
 // logits), kld-strategy (the same for a mixed file from measure + plan +
 // quantize --target-bpw), kld-gradual (the same for a file of trained blocks from
-// `tailor gradual`). Prints one JSON line of figures; exits 1 on failure.
+// `tailor gradual`; with --gguf FILE, a file a full gradual job already wrote).
+// Prints one JSON line of figures; exits 1 on failure.
 import {execFileSync} from "node:child_process";
-import {mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync} from "node:fs";
+import {mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync} from "node:fs";
 import {join} from "node:path";
 import {argmax, greedy, llama, loadModel, positionLogits} from "./llama.mjs";
 import {readGgufHeader} from "./gguf_header.mjs";
@@ -396,11 +397,13 @@ function readLlamaLogits(path) {
 async function kld(recipe, bpw = 0) {
   const chunks = 8, ctx = 512;
   const dir = join(models, "llama-30m");
-  const refFile = join(args.work, "kld-F32.gguf"), qFile = join(args.work, `kld-${recipe}.gguf`);
+  const given = recipe === "gradual" && args.gguf;
+  const refFile = join(args.work, "kld-F32.gguf"), qFile = given ? args.gguf : join(args.work, `kld-${recipe}.gguf`);
   const base = join(args.work, "kld-base.bin"), dump = join(args.work, "kld-tokens.json");
   const text = join(args.shared, "text", "eval.txt");
   convert(dir, "F32", refFile);
-  const summary = recipe === "gradual" ? gradual(dir, qFile)
+  const summary = given ? {bits_per_weight: null, file_bytes: statSync(qFile).size}
+                  : recipe === "gradual" ? gradual(dir, qFile)
                   : bpw > 0 ? planned(dir, bpw, qFile) : quantize(dir, recipe, qFile);
   const evalArgs = ["--text", text, "--ctx", String(ctx), "--chunks", String(chunks), "--json"];
   const tailorEval = (a) => JSON.parse(execFileSync(args.tailor, ["eval", ...a],
