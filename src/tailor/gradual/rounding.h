@@ -28,7 +28,8 @@ namespace tailor::gradual {
 // weights the quantizer sees instead: W_hat = dequant(quantize(w + v * unit)),
 // unit ~ one level spacing of the weight's 32-group (sqrt(12) x its RMS
 // rounding error), with the straight-through gradient dW_hat/dv = unit and no
-// multipliers (the quantizer chooses the scales). Each step re-quantizes.
+// multipliers (the quantizer chooses the scales). Steps re-quantize every
+// RoundingOptions::requant_every.
 //
 // Types TrainableMatrix accepts: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K,
 // IQ4_NL and IQ4_XS (there the offsets act on the codebook index), and the
