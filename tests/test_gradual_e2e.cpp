@@ -3,6 +3,7 @@
 // its KL on sequences it never trained on.
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <memory>
 #include <random>
 #include <vector>
@@ -25,6 +26,18 @@ std::vector<float> randn(size_t n, uint32_t seed, float scale) {
   std::vector<float> v(n);
   for (float& x : v) x = nd(rng);
   return v;
+}
+
+// The head of `m` reading the unquantized model's final hidden states x_ref.
+void set_head(QuantModel& qm, engine::Model& m, const engine::Weight& out, const std::vector<float>& x_ref,
+              int64_t rows) {
+  qm.head.x_ref = x_ref.data();
+  qm.head.norm = m.weight("output_norm.weight").f32.data();
+  qm.head.w_ref = out.f32.data();
+  qm.head.rows = rows;
+  qm.head.dim = qm.dims.dim;
+  qm.head.vocab = out.rows();
+  qm.head.eps = float(m.config().rms_norm_eps);
 }
 
 // The summed KL through head_kl is differentiated with respect to the
@@ -119,13 +132,7 @@ TEST(GradualE2E, TrainingLowersHeldOutKl) {
   if (ow == nullptr) ow = &m.weight("token_embd.weight");
   TrainableMatrix out(GgmlType::Q4_0, ow->f32.data(), ow->rows(), ow->cols(), nullptr);
   qm.output = &out;
-  qm.head.x_ref = x_ref.data();
-  qm.head.norm = m.weight("output_norm.weight").f32.data();
-  qm.head.w_ref = ow->f32.data();
-  qm.head.rows = seqs * n_ctx;
-  qm.head.dim = qm.dims.dim;
-  qm.head.vocab = ow->rows();
-  qm.head.eps = float(m.config().rms_norm_eps);
+  set_head(qm, m, *ow, x_ref, seqs * n_ctx);
 
   E2EOptions o;
   o.epochs = 4;
@@ -143,6 +150,74 @@ TEST(GradualE2E, TrainingLowersHeldOutKl) {
   bool moved = false;
   for (size_t k = 0; k < own.size(); ++k) moved = moved || own[k]->save().offsets != start[k].offsets;
   EXPECT_TRUE(moved);
+}
+
+// Only the token embedding trains (IQ2_S, whose steps re-quantize), every
+// other matrix fixed in Q4_0: the held-out KL must fall, the rows of tokens
+// the sequences never use must keep their plain rounding byte for byte, and
+// the model left behind must give exactly the reported KL.
+TEST(GradualE2E, EmbeddingTrainingLowersHeldOutKl) {
+  engine::Model m = engine::Model::load(kModels + "/arch-refs/llama3-rope-scaling");
+  const int64_t seqs = 48, n_ctx = 32, L = m.num_layers(), used = 100;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int32_t> id(3, int32_t(used - 1));  // a small vocabulary: rows repeat
+  engine::Sequences sq(static_cast<size_t>(seqs));
+  std::vector<int32_t> tokens;
+  for (auto& s : sq)
+    for (int64_t i = 0; i < n_ctx; ++i) {
+      s.push_back(id(rng));
+      tokens.push_back(s.back());
+    }
+  engine::Hidden h = m.embed(sq);
+  const std::vector<float> x0 = h.data;
+  for (int64_t b = 0; b < L; ++b) m.run_block(b, h);
+  const std::vector<float> x_ref = h.data;
+
+  std::deque<std::vector<float>> fixed;
+  auto quantized = [&](const engine::Weight& w) {
+    std::vector<uint8_t> q(row_size(GgmlType::Q4_0, w.cols()) * size_t(w.rows()));
+    quantize_rows(GgmlType::Q4_0, w.f32.data(), q.data(), w.rows(), w.cols(), nullptr);
+    fixed.emplace_back(size_t(w.numel()));
+    dequantize_rows(GgmlType::Q4_0, q.data(), fixed.back().data(), w.rows(), w.cols());
+    return fixed.back().data();
+  };
+  QuantModel qm;
+  qm.dims = block_dims(m);
+  for (int64_t b = 0; b < L; ++b) {
+    BlockParams p = block_params(m, b);
+    for (int i = 0; i < kNumLin; ++i) p.w[size_t(i)] = quantized(m.weight(fmt::format("blk.{}.{}.weight", b, lin_name(i))));
+    qm.blocks.push_back(p);
+    qm.train.push_back({});
+  }
+  const engine::Weight* ow = m.find_weight("output.weight");
+  ASSERT_NE(ow, nullptr);
+  qm.output_fixed = quantized(*ow);
+  set_head(qm, m, *ow, x_ref, seqs * n_ctx);
+  const engine::Weight& e = m.weight("token_embd.weight");
+  TrainableMatrix emb(GgmlType::IQ2_S, e.f32.data(), e.rows(), e.cols(), nullptr);
+  const std::vector<uint8_t> plain = emb.blocks();
+  qm.embedding = &emb;
+  qm.embedding_ref = e.f32.data();
+  qm.tokens = tokens.data();
+
+  E2EOptions o;
+  o.epochs = 4;
+  o.lr = 2e-2f;
+  o.batch = 4;
+  o.eval_sequences = 8;
+  o.decay = true;
+  const E2EReport r = train_end_to_end(qm, x0.data(), seqs, n_ctx, o);
+  std::printf("embedding: held-out KL %.5f -> %.5f in %lld steps\n", r.before, r.after, static_cast<long long>(r.steps));
+  EXPECT_LT(r.after, 0.97 * r.before);
+  EXPECT_NEAR(model_kl(qm, x0.data(), 0, 8, n_ctx), r.after, 1e-6 * r.before);
+  const size_t row = row_size(GgmlType::IQ2_S, e.cols());
+  int64_t changed = 0;
+  for (int64_t t = 0; t < e.rows(); ++t) {
+    const bool same = std::equal(plain.begin() + t * row, plain.begin() + (t + 1) * row, emb.blocks().begin() + t * row);
+    if (t >= used) EXPECT_TRUE(same) << "row " << t << " of a token no sequence uses changed";
+    changed += !same;
+  }
+  EXPECT_GT(changed, used / 2);
 }
 
 }  // namespace

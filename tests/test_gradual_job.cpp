@@ -247,6 +247,16 @@ TEST(GradualCli, KilledJobResumesFromTheLastFinishedUnit) {
     EXPECT_EQ(g.weight("output.weight").blocks, want);
     EXPECT_LT(out_unit->at("kl_after").get<double>(), out_unit->at("kl_before").get<double>());
   }
+  // So is the token embedding, trained on the KL divergence through every block.
+  const auto emb_unit = store.unit_metrics(job, "final.embedding");
+  ASSERT_TRUE(emb_unit.has_value());
+  EXPECT_TRUE(emb_unit->value("trained", false)) << emb_unit->dump();
+  if (emb_unit->value("trained", false)) {
+    std::ifstream part(parts + "/token_embd.weight.bin", std::ios::binary);
+    const std::vector<uint8_t> want{std::istreambuf_iterator<char>(part), {}};
+    EXPECT_EQ(g.weight("token_embd.weight").blocks, want);
+    EXPECT_LE(emb_unit->at("after").get<double>(), emb_unit->at("before").get<double>());
+  }
   const double kld = validate->at("kld").get<double>(), plain = validate->at("plain_plan").at("kld").get<double>();
   std::printf("quick run: gradual KLD %.5f vs plain plan %.5f (%.2fx), %.3f bpw\n", kld, plain, kld / plain,
               validate->at("bpw").get<double>());

@@ -91,6 +91,12 @@ void print_report(const nlohmann::json& exported) {
     out += fmt::format("\noutput matrix trained on the KL divergence: {:.4g} -> {:.4g} (calibration)\n",
                        o["kl_before"].get<double>(), o["kl_after"].get<double>());
   }
+  if (units.count("final.embedding") && units["final.embedding"].value("trained", false)) {
+    const auto& e = units["final.embedding"];
+    out += fmt::format("token embedding ({}) trained on the KL divergence: held-out KL {:.4g} -> {:.4g}, {} steps, {:.0f} s\n",
+                       e["type"].get<std::string>(), e["before"].get<double>(), e["after"].get<double>(),
+                       e["steps"].get<int>(), e["seconds"].get<double>());
+  }
   if (units.count("end_to_end") && units["end_to_end"].value("trained", false)) {
     const auto& e = units["end_to_end"];
     out += fmt::format("end-to-end training ({} matrices, {} norms): held-out KL {:.4g} -> {:.4g}, {} steps, {:.0f} s\n",
@@ -235,12 +241,17 @@ void register_gradual(CLI::App& app) {
   cmd->add_option("--max-recover", a->s.max_recover, "Layers reverted per attempt by layer-level recovery")->capture_default_str();
   cmd->add_option("--e2e-epochs", a->s.e2e_epochs, "Epochs of training all matrices together on the model's KL divergence (0: none)")
       ->capture_default_str();
-  cmd->add_option("--e2e-samples", a->s.e2e_samples, "Calibration sequences of end-to-end training (0: twice --samples)")
+  cmd->add_option("--e2e-samples", a->s.e2e_samples,
+                  "Calibration sequences of end-to-end and token embedding training (0: twice --samples)")
       ->capture_default_str();
   cmd->add_option("--e2e-norm-lr", a->s.e2e_norm_lr, "Relative step of the norm weights in end-to-end training (0: frozen)")
       ->capture_default_str();
   cmd->add_option("--e2e-lr", a->s.e2e_lr, "Signed step of the rounding offsets in end-to-end training")
       ->capture_default_str();
+  cmd->add_option("--embd-epochs", a->s.embd_epochs,
+                  "Epochs of training the token embedding on the model's KL divergence (0: plain rounding)")
+      ->capture_default_str();
+  cmd->add_option("--embd-lr", a->s.embd_lr, "Signed step of the token embedding's rounding offsets")->capture_default_str();
   cmd->add_option("--output-epochs", a->s.output_epochs, "Epochs of training the output matrix on the KL divergence (0: none)")
       ->capture_default_str();
   cmd->add_flag("--genetic", a->s.genetic, "Refine the greedy type trading with a genetic search (50 x 20)");

@@ -55,17 +55,24 @@ class Runner {
   }
   const float* output_weights() const { return m_.output ? m_.output->weights().data() : m_.output_fixed; }
 
-  // Hidden states after the last block for n sequences from x0, kept in h_.
-  void forward(const float* x0, int64_t n) {
-    const int64_t rows = n * n_ctx_, dim = m_.dims.dim;
-    h_.assign(x0, x0 + rows * dim);
+  // Hidden states after the last block for sequences [s0, s0 + n) of x0, kept in h_.
+  void forward(const float* x0, int64_t s0, int64_t n) {
+    const int64_t rows = n * n_ctx_, dim = m_.dims.dim, r0 = s0 * n_ctx_;
+    h_.assign(x0 + r0 * dim, x0 + (r0 + rows) * dim);
+    if (m_.embedding != nullptr) {
+      const float* q = m_.embedding->weights().data();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t t = m_.tokens[r0 + r];
+        for (int64_t j = 0; j < dim; ++j) h_[size_t(r * dim + j)] += q[t * dim + j] - m_.embedding_ref[t * dim + j];
+      }
+    }
     const std::vector<int64_t> lengths(size_t(n), n_ctx_);
     for (size_t b = 0; b < tapes_.size(); ++b) tapes_[b]->forward(params(b), h_.data(), lengths, h_.data());
   }
 
   // Summed KL of n sequences starting at sequence s0.
   double kl(const float* x0, int64_t s0, int64_t n) {
-    forward(x0 + s0 * n_ctx_ * m_.dims.dim, n);
+    forward(x0, s0, n);
     return head_kl(m_.head, h_.data(), m_.head.x_ref + s0 * n_ctx_ * m_.dims.dim, n * n_ctx_,
                    output_weights(), scratch_);
   }
@@ -75,7 +82,7 @@ class Runner {
   // right after its gradient is known (earlier blocks never read it).
   double step(const float* x0, int64_t s0, int64_t n, float lr, float lr_scale) {
     const int64_t rows = n * n_ctx_, dim = m_.dims.dim;
-    forward(x0 + s0 * rows / n * dim, n);
+    forward(x0, s0, n);
     dh_.resize(size_t(rows * dim));
     const bool train_out = m_.output != nullptr;
     if (train_out) gout_.resize(size_t(m_.head.vocab * dim));
@@ -93,7 +100,8 @@ class Runner {
           g[size_t(i)] = grads_[size_t(i)].data();
         }
       const BlockParams p = params(b);
-      tapes_[b]->backward(p, dh_.data(), g, b > 0 ? dh_.data() : nullptr, norms ? dan_.data() : nullptr,
+      const bool dx = b > 0 || m_.embedding != nullptr;
+      tapes_[b]->backward(p, dh_.data(), g, dx ? dh_.data() : nullptr, norms ? dan_.data() : nullptr,
                           norms ? dfn_.data() : nullptr);
       for (int i = 0; i < kNumLin; ++i)
         if (g[size_t(i)] != nullptr)
@@ -102,6 +110,16 @@ class Runner {
         norm_step(m_.norms[b][0], dan_, norm_lr_);
         norm_step(m_.norms[b][1], dfn_, norm_lr_);
       }
+    }
+    if (m_.embedding != nullptr) {
+      // Each token's row gathers the input gradients of the rows it fed.
+      gemb_.assign(size_t(m_.embedding->rows() * dim), 0.0f);
+      const int64_t r0 = s0 * n_ctx_;
+      for (int64_t r = 0; r < rows; ++r) {
+        float* g = gemb_.data() + int64_t(m_.tokens[r0 + r]) * dim;
+        for (int64_t j = 0; j < dim; ++j) g[j] += dh_[size_t(r * dim + j)];
+      }
+      m_.embedding->step(gemb_.data(), lr, lr_scale);
     }
     return kl / double(rows);
   }
@@ -149,6 +167,7 @@ class Runner {
       for (TrainableMatrix* t : blk)
         if (t != nullptr) v.push_back(t);
     if (m_.output != nullptr) v.push_back(m_.output);
+    if (m_.embedding != nullptr) v.push_back(m_.embedding);
     return v;
   }
 
@@ -158,7 +177,7 @@ class Runner {
   std::map<const TrainableMatrix*, std::vector<float>> avg_;
   std::vector<float> dan_, dfn_, dout_norm_;
   std::vector<std::unique_ptr<BlockTape>> tapes_;
-  std::vector<float> h_, dh_, gout_;
+  std::vector<float> h_, dh_, gout_, gemb_;
   std::array<std::vector<float>, kNumLin> grads_;
   HeadScratch scratch_;
 };
@@ -178,6 +197,13 @@ double model_kl(QuantModel& m, const float* x0, int64_t first, int64_t n, int64_
 
 E2EReport train_end_to_end(QuantModel& m, const float* x0, int64_t seqs, int64_t n_ctx, const E2EOptions& o) {
   if (m.train.size() != m.blocks.size()) fail("end-to-end training: {} blocks but {} trainable sets", m.blocks.size(), m.train.size());
+  if (m.embedding != nullptr) {
+    if (m.tokens == nullptr || m.embedding_ref == nullptr || m.embedding->cols() != m.dims.dim)
+      fail("end-to-end training: the token embedding needs tokens, float rows and {} columns", m.dims.dim);
+    for (int64_t r = 0; r < seqs * n_ctx; ++r)
+      if (m.tokens[r] < 0 || m.tokens[r] >= m.embedding->rows())
+        fail("end-to-end training: token id {} outside the embedding's {} rows", m.tokens[r], m.embedding->rows());
+  }
   E2EReport rep;
   const double t0 = now_seconds();
   const int64_t held = std::min(o.eval_sequences, seqs / 4);
@@ -199,7 +225,8 @@ E2EReport train_end_to_end(QuantModel& m, const float* x0, int64_t seqs, int64_t
       break;
     }
     const int64_t s0 = held + (k % per_epoch) * o.batch;
-    last = r.step(x0, s0, o.batch, o.lr, o.lr * o.scale_lr_factor);
+    const float lr = o.decay ? o.lr * float(total - k) / float(total) : o.lr;
+    last = r.step(x0, s0, o.batch, lr, lr * o.scale_lr_factor);
     ++rep.steps;
     if ((k + 1) % every == 0 || k + 1 == total) {
       const double kl = mean_kl(r, x0, 0, held, n_ctx, o.batch);

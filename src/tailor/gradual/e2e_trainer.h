@@ -43,6 +43,14 @@ struct QuantModel {
   // copies (per block: attention, MLP) and points blocks / head.norm at them.
   std::vector<std::array<std::vector<float>, 2>> norms;
   std::vector<float> output_norm;
+
+  // The token embedding, trained when set: the row of block 0's input for
+  // token id t at calibration row r is x0[r] + (embedding row t - embedding_ref
+  // row t), so x0 holds the unquantized embeddings. Only rows of tokens in a
+  // batch get a gradient; the others keep their rounding.
+  TrainableMatrix* embedding = nullptr;
+  const float* embedding_ref = nullptr;  // [vocab][dim] unquantized
+  const int32_t* tokens = nullptr;       // [seqs][n_ctx] token ids of x0's rows
 };
 
 struct E2EOptions {
@@ -58,6 +66,7 @@ struct E2EOptions {
   int64_t batch = 8;              // sequences per step
   int64_t eval_sequences = 32;    // held out: the first ones, never trained on
   int evals_per_epoch = 4;        // best-iterate checks per epoch
+  bool decay = false;             // lr falls linearly to 0 over the run (signed steps settle)
   const std::atomic<bool>* stop = nullptr;  // checked between steps: returns the best so far
   std::function<void(int64_t step, int64_t steps, double kl)> progress;
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 
@@ -78,6 +79,8 @@ json Settings::to_json() const {
             {"e2e_lr", e2e_lr},
             {"e2e_samples", e2e_samples},
             {"e2e_norm_lr", e2e_norm_lr},
+            {"embd_epochs", embd_epochs},
+            {"embd_lr", embd_lr},
             {"importance", importance_options_json(importance)},
             {"safety", safety},
             {"genetic", genetic},
@@ -114,6 +117,8 @@ Settings Settings::from_json(const json& j) {
     s.e2e_lr = j.value("e2e_lr", s.e2e_lr);
     s.e2e_samples = j.value("e2e_samples", s.e2e_samples);
     s.e2e_norm_lr = j.value("e2e_norm_lr", s.e2e_norm_lr);
+    s.embd_epochs = j.value("embd_epochs", 0);  // jobs from before embedding training: none
+    s.embd_lr = j.value("embd_lr", s.embd_lr);
     s.importance = importance_options_from_json(j.at("importance"));
     s.safety = j.at("safety").get<double>();
     s.genetic = j.at("genetic").get<bool>();
@@ -559,6 +564,7 @@ std::vector<std::string> unit_keys(int64_t layers) {
   u.push_back("trade");
   for (int64_t b = 0; b < layers; ++b) u.push_back(fmt::format("final.{}", b));
   u.push_back("final.output");
+  u.push_back("final.embedding");
   u.push_back("end_to_end");
   u.push_back("validate");
   return u;
@@ -592,7 +598,11 @@ class Worker {
   void trade();
   void finals();
   void output(const std::vector<float>& x);
+  void embedding();
   void end_to_end();
+  std::optional<jobs::Unit> claim_last(const std::string& key);
+  E2EOptions e2e_options(const std::string& key, int epochs, float lr, float norm_lr);
+  E2EReport train_or_pause(QuantModel& qm, const Calibration& cal, const float* x0, const E2EOptions& o);
   void validate();
   std::vector<json> block_results();
 
@@ -826,41 +836,192 @@ void Worker::output(const std::vector<float>& x) {
   report("final.output", fmt::format("{}: KL {:.4g} -> {:.4g} in {:.1f} s", type_name(type), r.before, r.after, r.seconds));
 }
 
+bool embedding_trained(jobs::JobStore& store, int64_t job) {
+  const auto m = store.unit_metrics(job, "final.embedding");
+  return m && m->value("trained", false);
+}
+
+// The token embedding's blocks in the job's type: the trained part when
+// embedding training ran, else plain rounding as the writer does it.
+std::vector<uint8_t> embedding_blocks(jobs::JobStore& store, int64_t job, Context& c, GgmlType t) {
+  const engine::Weight& e = c.model.weight("token_embd.weight");
+  const size_t bytes = row_size(t, e.cols()) * size_t(e.rows());
+  if (embedding_trained(store, job))
+    return load_part(parts_dir(store, job), "token_embd.weight", bytes);
+  std::vector<float> imp;
+  if (const eval::ImatrixEntry* m = c.imatrix.find("token_embd.weight")) imp = m->values();
+  std::vector<uint8_t> q(bytes);
+  quantize_rows(t, e.f32.data(), q.data(), e.rows(), e.cols(), imp.size() == size_t(e.cols()) ? imp.data() : nullptr);
+  return q;
+}
+
 // Block 0's inputs as the written model computes them: the calibration
-// embeddings with the token_embd row quantized in its chosen type.
-std::vector<float> quantized_embeddings(Context& c, const Calibration& cal, const json& types) {
+// embeddings with the token_embd rows in their chosen type.
+std::vector<float> quantized_embeddings(jobs::JobStore& store, int64_t job, Context& c, const Calibration& cal,
+                                        const json& types) {
   std::vector<float> x = cal.acts[0];
   const engine::Weight& e = c.model.weight("token_embd.weight");
   if (!types.contains("token_embd.weight") || e.quantized()) return x;
   const GgmlType t = type_named(types.at("token_embd.weight").get<std::string>());
-  std::vector<float> imp;
-  if (const eval::ImatrixEntry* m = c.imatrix.find("token_embd.weight")) imp = m->values();
-  std::vector<uint8_t> q(row_size(t, e.cols()));
-  std::vector<float> row(size_t(e.cols()));
-  std::map<int32_t, std::vector<float>> delta;  // token -> quantized row minus float row
+  std::vector<float> q(size_t(e.numel()));
+  dequantize_rows(t, embedding_blocks(store, job, c, t).data(), q.data(), e.rows(), e.cols());
   for (int64_t r = 0; r < cal.seqs * cal.n_ctx; ++r) {
-    const int32_t tok = c.calib_tokens[size_t(r)];
-    auto [it, fresh] = delta.try_emplace(tok);
-    if (fresh) {
-      const float* w = e.f32.data() + int64_t(tok) * e.cols();
-      quantize_rows(t, w, q.data(), 1, e.cols(), imp.size() == size_t(e.cols()) ? imp.data() : nullptr);
-      dequantize_rows(t, q.data(), row.data(), 1, e.cols());
-      it->second.resize(size_t(e.cols()));
-      for (int64_t j = 0; j < e.cols(); ++j) it->second[size_t(j)] = row[size_t(j)] - w[j];
-    }
-    for (int64_t j = 0; j < cal.dim; ++j) x[size_t(r * cal.dim + j)] += it->second[size_t(j)];
+    const int64_t tok = c.calib_tokens[size_t(r)];
+    for (int64_t j = 0; j < cal.dim; ++j)
+      x[size_t(r * cal.dim + j)] += q[size_t(tok * e.cols() + j)] - e.f32[size_t(tok * e.cols() + j)];
   }
   return x;
 }
 
-void Worker::end_to_end() {
-  if (store_.unit_metrics(job_, "end_to_end")) return;
+// The job's quantized model as the final units left it: each block matrix
+// and the output matrix trainable from its saved parameters when `trainable`
+// and its type allows, else fixed at its saved blocks' decode. The head is
+// set up to read `cal`'s final hidden states.
+struct JobModel {
+  QuantModel qm;
+  std::vector<std::pair<std::string, std::unique_ptr<TrainableMatrix>>> trainees;
+  std::deque<std::vector<float>> fixed;
+};
+
+std::unique_ptr<JobModel> job_model(jobs::JobStore& store, int64_t job, Context& c, const Calibration& cal,
+                                    const json& types, bool trainable) {
+  auto jm = std::make_unique<JobModel>();
+  const std::string dir = parts_dir(store, job);
+  auto load = [&](const std::string& n, const float** fixed_out) -> TrainableMatrix* {
+    const engine::Weight& w = c.model.weight(n);
+    const GgmlType t = type_named(types.at(n).get<std::string>());
+    if (trainable && rounding_trainable(t) && !w.quantized()) {
+      std::vector<float> imp;
+      if (const eval::ImatrixEntry* e = c.imatrix.find(n)) imp = e->values();
+      if (imp.size() != size_t(w.cols())) imp.clear();
+      auto tm = std::make_unique<TrainableMatrix>(t, w.f32.data(), w.rows(), w.cols(), imp.empty() ? nullptr : imp.data());
+      if (load_params(dir, n, *tm)) {
+        jm->trainees.emplace_back(n, std::move(tm));
+        return jm->trainees.back().second.get();
+      }
+    }
+    jm->fixed.emplace_back(size_t(w.numel()));
+    const size_t bytes = row_size(t, w.cols()) * size_t(w.rows());
+    dequantize_rows(t, load_part(dir, n, bytes).data(), jm->fixed.back().data(), w.rows(), w.cols());
+    *fixed_out = jm->fixed.back().data();
+    return nullptr;
+  };
+  QuantModel& qm = jm->qm;
+  qm.dims = block_dims(c.model);
+  for (int64_t b = 0; b < c.model.num_layers(); ++b) {
+    BlockParams p = block_params(c.model, b);
+    std::array<TrainableMatrix*, kNumLin> t{};
+    for (int i = 0; i < kNumLin; ++i) t[size_t(i)] = load(block_name(b, i), &p.w[size_t(i)]);
+    qm.blocks.push_back(p);
+    qm.train.push_back(t);
+  }
+  const engine::Weight& ow = c.model.weight("output.weight");
+  qm.output = load("output.weight", &qm.output_fixed);
+  qm.head.x_ref = cal.acts.back().data();
+  qm.head.norm = c.model.weight("output_norm.weight").f32.data();
+  qm.head.w_ref = ow.f32.data();
+  qm.head.rows = cal.seqs * cal.n_ctx;
+  qm.head.dim = cal.dim;
+  qm.head.vocab = ow.rows();
+  qm.head.eps = float(c.model.config().rms_norm_eps);
+  return jm;
+}
+
+// True when the output matrix has its own trained part (not tied, not plain-only).
+bool output_trained(jobs::JobStore& store, int64_t job, engine::Model& m) {
+  const engine::Weight* ow = m.find_weight("output.weight");
+  const auto u = store.unit_metrics(job, "final.output");
+  return ow != nullptr && !ow->quantized() && u && u->value("trained", false);
+}
+
+// The unit `key` of the steps after the final blocks, claimed; none when it
+// is done or the job is from before that unit existed. Throws on a stop request.
+std::optional<jobs::Unit> Worker::claim_last(const std::string& key) {
+  if (store_.unit_metrics(job_, key)) return std::nullopt;
   Outcome why;
   if (should_stop(why)) throw why;
-  auto u = store_.claim_unit(job_, "end_to_end");
-  if (!u) return;  // a job from before this unit existed
+  return store_.claim_unit(job_, key);
+}
+
+// Training on the model's KL divergence (e2e_trainer.h) as unit `key` runs it.
+E2EOptions Worker::e2e_options(const std::string& key, int epochs, float lr, float norm_lr) {
+  E2EOptions o;
+  o.epochs = epochs;
+  o.lr = lr;
+  o.scale_lr_factor = c_.s.train.scale_lr_factor;
+  o.batch = c_.s.train.batch;
+  o.eval_sequences = c_.s.train.eval_sequences;
+  o.norm_lr = norm_lr;
+  o.stop = opt_.stop;
+  o.progress = [this, key](int64_t step, int64_t steps, double) {
+    if (opt_.on_steps) opt_.on_steps(key, step, steps);
+  };
+  return o;
+}
+
+// Trains; a stop request pauses the job (the unit runs again on resume).
+E2EReport Worker::train_or_pause(QuantModel& qm, const Calibration& cal, const float* x0, const E2EOptions& o) {
+  const E2EReport r = train_end_to_end(qm, x0, cal.seqs, cal.n_ctx, o);
+  if (r.stopped) {
+    store_.pause(job_);
+    throw Outcome::Paused;
+  }
+  return r;
+}
+
+void Worker::embedding() {
+  const auto u = claim_last("final.embedding");
+  if (!u) return;
+  json j = {{"tensor", "token_embd.weight"}, {"trained", false}};
+  const json types = store_.unit_metrics(job_, "trade")->at("types");
+  const engine::Weight* e = c_.model.find_weight("token_embd.weight");
+  const GgmlType type = e != nullptr && types.contains("token_embd.weight")
+                            ? type_named(types.at("token_embd.weight").get<std::string>())
+                            : GgmlType::F32;
+  if (c_.s.embd_epochs <= 0 || e == nullptr || e->quantized() || !rounding_trainable(type) ||
+      !output_trained(store_, job_, c_.model)) {
+    store_.commit_result(u->id, j);
+    return;
+  }
+  // The embedding rows reach the output through every block, so they learn
+  // from the model's KL divergence itself, all other matrices held at their
+  // trained state. Its own sample, as end-to-end training has.
+  c_.calib.reset();
+  c_.channel_weights.clear();
+  const int64_t samples = c_.s.e2e_samples > 0 ? c_.s.e2e_samples : 2 * c_.s.samples;
+  say(opt_, fmt::format("token embedding: {} sequences of {} tokens through the unquantized model", samples, c_.s.n_ctx));
+  const Calibration cal = collect_calibration(c_.model, c_.calib_tokens, c_.s.n_ctx, samples, true);
+  const auto jm = job_model(store_, job_, c_, cal, types, false);
+  std::vector<float> imp;
+  if (const eval::ImatrixEntry* m = c_.imatrix.find("token_embd.weight")) imp = m->values();
+  TrainableMatrix tm(type, e->f32.data(), e->rows(), e->cols(), imp.size() == size_t(e->cols()) ? imp.data() : nullptr);
+  jm->qm.embedding = &tm;
+  jm->qm.embedding_ref = e->f32.data();
+  jm->qm.tokens = c_.calib_tokens.data();
+  E2EOptions o = e2e_options("final.embedding", c_.s.embd_epochs, c_.s.embd_lr, 0.0f);
+  o.decay = true;
+  const E2EReport r = train_or_pause(jm->qm, cal, cal.acts[0].data(), o);
+  save_part(parts_dir(store_, job_), "token_embd.weight", tm.blocks());
+  j = r.to_json();
+  j["tensor"] = "token_embd.weight";
+  j["type"] = std::string(type_name(type));
+  j["trained"] = true;
+  store_.commit_result(u->id, j);
+  report("final.embedding", fmt::format("{}: held-out KL {:.4g} -> {:.4g} in {} steps, {:.1f} s", type_name(type),
+                                        r.before, r.after, r.steps, r.seconds));
+}
+
+void Worker::end_to_end() {
+  const auto u = claim_last("end_to_end");
+  if (!u) return;
   json j = {{"trained", false}};
   if (c_.s.e2e_epochs <= 0) {
+    store_.commit_result(u->id, j);
+    return;
+  }
+  if (!output_trained(store_, job_, c_.model)) {
+    // Tied or untrained output matrix: the part is not there; nothing to train.
+    j["problem"] = "the output matrix was not trained, so the head is not known here";
     store_.commit_result(u->id, j);
     return;
   }
@@ -874,78 +1035,14 @@ void Worker::end_to_end() {
   const Calibration cal = collect_calibration(c_.model, c_.calib_tokens, c_.s.n_ctx, samples, true);
   const json types = store_.unit_metrics(job_, "trade")->at("types");
   const std::string dir = parts_dir(store_, job_);
-  auto importance = [&](const std::string& n, int64_t cols) {
-    std::vector<float> imp;
-    if (const eval::ImatrixEntry* e = c_.imatrix.find(n)) imp = e->values();
-    if (imp.size() != size_t(cols)) imp.clear();
-    return imp;
-  };
-  // Every matrix in its final state: trainable from the saved parameters,
-  // fixed (decoded blocks) where the type or the saved state does not allow.
-  std::vector<std::pair<std::string, std::unique_ptr<TrainableMatrix>>> trainees;
-  std::vector<std::vector<float>> fixed;
-  auto load = [&](const std::string& n, const float** fixed_out) -> TrainableMatrix* {
-    const engine::Weight& w = c_.model.weight(n);
-    const GgmlType t = type_named(types.at(n).get<std::string>());
-    const size_t bytes = row_size(t, w.cols()) * size_t(w.rows());
-    if (rounding_trainable(t) && !w.quantized()) {
-      const std::vector<float> imp = importance(n, w.cols());
-      auto tm = std::make_unique<TrainableMatrix>(t, w.f32.data(), w.rows(), w.cols(), imp.empty() ? nullptr : imp.data());
-      if (load_params(dir, n, *tm)) {
-        trainees.emplace_back(n, std::move(tm));
-        return trainees.back().second.get();
-      }
-    }
-    fixed.emplace_back(size_t(w.numel()));
-    dequantize_rows(t, load_part(dir, n, bytes).data(), fixed.back().data(), w.rows(), w.cols());
-    *fixed_out = fixed.back().data();
-    return nullptr;
-  };
-  fixed.reserve(size_t(L_ * kNumLin + 1));
-  QuantModel qm;
-  qm.dims = block_dims(c_.model);
-  for (int64_t b = 0; b < L_; ++b) {
-    BlockParams p = block_params(c_.model, b);
-    std::array<TrainableMatrix*, kNumLin> t{};
-    for (int i = 0; i < kNumLin; ++i) t[size_t(i)] = load(block_name(b, i), &p.w[size_t(i)]);
-    qm.blocks.push_back(p);
-    qm.train.push_back(t);
-  }
-  const engine::Weight* ow = c_.model.find_weight("output.weight");
-  const auto out_unit = store_.unit_metrics(job_, "final.output");
-  if (ow == nullptr || ow->quantized() || !out_unit || !out_unit->value("trained", false)) {
-    // Tied or untrained output matrix: the part is not there; nothing to train.
-    j["problem"] = "the output matrix was not trained, so the head is not known here";
-    store_.commit_result(u->id, j);
-    return;
-  }
-  qm.output = load("output.weight", &qm.output_fixed);
-  qm.head.x_ref = cal.acts[1].data();
-  qm.head.norm = c_.model.weight("output_norm.weight").f32.data();
-  qm.head.w_ref = ow->f32.data();
-  qm.head.rows = cal.seqs * cal.n_ctx;
-  qm.head.dim = cal.dim;
-  qm.head.vocab = ow->rows();
-  qm.head.eps = float(c_.model.config().rms_norm_eps);
-  const std::vector<float> x0 = quantized_embeddings(c_, cal, types);
-  E2EOptions o;
-  o.epochs = c_.s.e2e_epochs;
-  o.lr = c_.s.e2e_lr;
-  o.scale_lr_factor = c_.s.train.scale_lr_factor;
-  o.batch = c_.s.train.batch;
-  o.eval_sequences = c_.s.train.eval_sequences;
-  o.norm_lr = c_.s.e2e_norm_lr;
-  o.stop = opt_.stop;
+  const auto jm = job_model(store_, job_, c_, cal, types, true);
+  QuantModel& qm = jm->qm;
+  const auto& trainees = jm->trainees;
+  const std::vector<float> x0 = quantized_embeddings(store_, job_, c_, cal, types);
+  const E2EOptions o = e2e_options("end_to_end", c_.s.e2e_epochs, c_.s.e2e_lr, c_.s.e2e_norm_lr);
   say(opt_, fmt::format("end-to-end: {} matrices trained together on the model's KL divergence, {} epochs",
                         trainees.size(), o.epochs));
-  o.progress = [&](int64_t step, int64_t steps, double) {
-    if (opt_.on_steps) opt_.on_steps("end_to_end", step, steps);
-  };
-  const E2EReport r = train_end_to_end(qm, x0.data(), cal.seqs, cal.n_ctx, o);
-  if (r.stopped) {
-    store_.pause(job_);
-    throw Outcome::Paused;
-  }
+  const E2EReport r = train_or_pause(qm, cal, x0.data(), o);
   // Always written (the best iterate may be the start), so the parts agree
   // with each other; the .params stay as they were: a rerun starts over.
   for (const auto& [n, tm] : trainees) save_part(dir, n, tm->blocks());
@@ -1002,6 +1099,7 @@ void Worker::validate() {
     const engine::Weight& w = c_.model.weight("output.weight");
     blocks["output.weight"] = load_part(dir, "output.weight", row_size(types.at("output.weight"), w.cols()) * size_t(w.rows()));
   }
+  if (embedding_trained(store_, job_)) blocks["token_embd.weight"] = embedding_blocks(store_, job_, c_, types.at("token_embd.weight"));
   add_trained_norms(store_, job_, c_.model, types, blocks);
   say(opt_, fmt::format("validation: {} windows of {} tokens of {}", c_.s.eval_windows, c_.s.eval_ctx,
                         c_.s.eval.empty() ? c_.s.text : c_.s.eval));
@@ -1070,6 +1168,7 @@ Outcome Worker::run() {
     blocks();
     trade();
     finals();
+    embedding();
     end_to_end();
     validate();
   } catch (Outcome o) {
@@ -1103,6 +1202,8 @@ void write_output(jobs::JobStore& store, int64_t job, Context& c, const std::str
     co.tensor_blocks["output.weight"] =
         load_part(dir, "output.weight", row_size(co.tensor_types.at("output.weight"), w.cols()) * size_t(w.rows()));
   }
+  if (embedding_trained(store, job) && tr->at("types").at("token_embd.weight") == v->at("types").at("token_embd.weight"))
+    co.tensor_blocks["token_embd.weight"] = embedding_blocks(store, job, c, co.tensor_types.at("token_embd.weight"));
   add_trained_norms(store, job, c.model, co.tensor_types, co.tensor_blocks);
   co.file_type = dominant_file_type(c.model_path, co.tensor_types);
   co.imatrix = &c.imatrix;
