@@ -796,6 +796,15 @@ void Worker::finals() {
   output(x);
 }
 
+// The imatrix column weights of tensor `name` ([cols]), empty when it has none.
+std::vector<float> importance_of(const Context& c, const std::string& name, int64_t cols) {
+  std::vector<float> imp;
+  if (const eval::ImatrixEntry* e = c.imatrix.find(name)) imp = e->values();
+  if (imp.size() != size_t(cols)) imp.clear();
+  return imp;
+}
+const float* or_null(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
 void Worker::output(const std::vector<float>& x) {
   auto u = store_.claim_unit(job_, "final.output");
   if (!u) return;
@@ -820,9 +829,8 @@ void Worker::output(const std::vector<float>& x) {
   d.dim = cal.dim;
   d.vocab = w->rows();
   d.eps = float(c_.model.config().rms_norm_eps);
-  std::vector<float> imp;
-  if (const eval::ImatrixEntry* e = c_.imatrix.find("output.weight")) imp = e->values();
-  TrainableMatrix tm(type, w->f32.data(), w->rows(), w->cols(), imp.size() == size_t(w->cols()) ? imp.data() : nullptr);
+  const std::vector<float> imp = importance_of(c_, "output.weight", w->cols());
+  TrainableMatrix tm(type, w->f32.data(), w->rows(), w->cols(), or_null(imp));
   const TrainReport r = train_output(tm, d, c_.s.output_epochs, c_.s.train.attn.lr,
                                      c_.s.train.attn.lr * c_.s.train.scale_lr_factor);
   save_part(parts_dir(store_, job_), "output.weight", tm.blocks());
@@ -841,34 +849,39 @@ bool embedding_trained(jobs::JobStore& store, int64_t job) {
   return m && m->value("trained", false);
 }
 
-// The token embedding's blocks in the job's type: the trained part when
-// embedding training ran, else plain rounding as the writer does it.
-std::vector<uint8_t> embedding_blocks(jobs::JobStore& store, int64_t job, Context& c, GgmlType t) {
+// The trained token embedding's blocks (type t), as embedding training saved them.
+std::vector<uint8_t> trained_embedding(jobs::JobStore& store, int64_t job, Context& c, GgmlType t) {
   const engine::Weight& e = c.model.weight("token_embd.weight");
-  const size_t bytes = row_size(t, e.cols()) * size_t(e.rows());
-  if (embedding_trained(store, job))
-    return load_part(parts_dir(store, job), "token_embd.weight", bytes);
-  std::vector<float> imp;
-  if (const eval::ImatrixEntry* m = c.imatrix.find("token_embd.weight")) imp = m->values();
-  std::vector<uint8_t> q(bytes);
-  quantize_rows(t, e.f32.data(), q.data(), e.rows(), e.cols(), imp.size() == size_t(e.cols()) ? imp.data() : nullptr);
-  return q;
+  return load_part(parts_dir(store, job), "token_embd.weight", row_size(t, e.cols()) * size_t(e.rows()));
 }
 
 // Block 0's inputs as the written model computes them: the calibration
-// embeddings with the token_embd rows in their chosen type.
+// embeddings with the token_embd rows in their chosen type, trained or plainly
+// rounded. Only the rows of tokens in the sample are decoded (or quantized).
 std::vector<float> quantized_embeddings(jobs::JobStore& store, int64_t job, Context& c, const Calibration& cal,
                                         const json& types) {
   std::vector<float> x = cal.acts[0];
   const engine::Weight& e = c.model.weight("token_embd.weight");
   if (!types.contains("token_embd.weight") || e.quantized()) return x;
   const GgmlType t = type_named(types.at("token_embd.weight").get<std::string>());
-  std::vector<float> q(size_t(e.numel()));
-  dequantize_rows(t, embedding_blocks(store, job, c, t).data(), q.data(), e.rows(), e.cols());
+  const size_t row_bytes = row_size(t, e.cols());
+  const std::vector<uint8_t> trained = embedding_trained(store, job) ? trained_embedding(store, job, c, t)
+                                                                     : std::vector<uint8_t>{};
+  const std::vector<float> imp = importance_of(c, "token_embd.weight", e.cols());
+  std::vector<uint8_t> q(row_bytes);
+  std::vector<float> row(size_t(e.cols()));
+  std::map<int32_t, std::vector<float>> delta;  // token -> quantized row minus float row
   for (int64_t r = 0; r < cal.seqs * cal.n_ctx; ++r) {
-    const int64_t tok = c.calib_tokens[size_t(r)];
-    for (int64_t j = 0; j < cal.dim; ++j)
-      x[size_t(r * cal.dim + j)] += q[size_t(tok * e.cols() + j)] - e.f32[size_t(tok * e.cols() + j)];
+    const int32_t tok = c.calib_tokens[size_t(r)];
+    auto [it, fresh] = delta.try_emplace(tok);
+    if (fresh) {
+      const float* w = e.f32.data() + int64_t(tok) * e.cols();
+      if (trained.empty()) quantize_rows(t, w, q.data(), 1, e.cols(), or_null(imp));
+      dequantize_rows(t, trained.empty() ? q.data() : trained.data() + size_t(tok) * row_bytes, row.data(), 1, e.cols());
+      it->second.resize(size_t(e.cols()));
+      for (int64_t j = 0; j < e.cols(); ++j) it->second[size_t(j)] = row[size_t(j)] - w[j];
+    }
+    for (int64_t j = 0; j < cal.dim; ++j) x[size_t(r * cal.dim + j)] += it->second[size_t(j)];
   }
   return x;
 }
@@ -891,10 +904,8 @@ std::unique_ptr<JobModel> job_model(jobs::JobStore& store, int64_t job, Context&
     const engine::Weight& w = c.model.weight(n);
     const GgmlType t = type_named(types.at(n).get<std::string>());
     if (trainable && rounding_trainable(t) && !w.quantized()) {
-      std::vector<float> imp;
-      if (const eval::ImatrixEntry* e = c.imatrix.find(n)) imp = e->values();
-      if (imp.size() != size_t(w.cols())) imp.clear();
-      auto tm = std::make_unique<TrainableMatrix>(t, w.f32.data(), w.rows(), w.cols(), imp.empty() ? nullptr : imp.data());
+      const std::vector<float> imp = importance_of(c, n, w.cols());
+      auto tm = std::make_unique<TrainableMatrix>(t, w.f32.data(), w.rows(), w.cols(), or_null(imp));
       if (load_params(dir, n, *tm)) {
         jm->trainees.emplace_back(n, std::move(tm));
         return jm->trainees.back().second.get();
@@ -992,9 +1003,8 @@ void Worker::embedding() {
   say(opt_, fmt::format("token embedding: {} sequences of {} tokens through the unquantized model", samples, c_.s.n_ctx));
   const Calibration cal = collect_calibration(c_.model, c_.calib_tokens, c_.s.n_ctx, samples, true);
   const auto jm = job_model(store_, job_, c_, cal, types, false);
-  std::vector<float> imp;
-  if (const eval::ImatrixEntry* m = c_.imatrix.find("token_embd.weight")) imp = m->values();
-  TrainableMatrix tm(type, e->f32.data(), e->rows(), e->cols(), imp.size() == size_t(e->cols()) ? imp.data() : nullptr);
+  const std::vector<float> imp = importance_of(c_, "token_embd.weight", e->cols());
+  TrainableMatrix tm(type, e->f32.data(), e->rows(), e->cols(), or_null(imp));
   jm->qm.embedding = &tm;
   jm->qm.embedding_ref = e->f32.data();
   jm->qm.tokens = c_.calib_tokens.data();
@@ -1099,7 +1109,7 @@ void Worker::validate() {
     const engine::Weight& w = c_.model.weight("output.weight");
     blocks["output.weight"] = load_part(dir, "output.weight", row_size(types.at("output.weight"), w.cols()) * size_t(w.rows()));
   }
-  if (embedding_trained(store_, job_)) blocks["token_embd.weight"] = embedding_blocks(store_, job_, c_, types.at("token_embd.weight"));
+  if (embedding_trained(store_, job_)) blocks["token_embd.weight"] = trained_embedding(store_, job_, c_, types.at("token_embd.weight"));
   add_trained_norms(store_, job_, c_.model, types, blocks);
   say(opt_, fmt::format("validation: {} windows of {} tokens of {}", c_.s.eval_windows, c_.s.eval_ctx,
                         c_.s.eval.empty() ? c_.s.text : c_.s.eval));
@@ -1203,7 +1213,7 @@ void write_output(jobs::JobStore& store, int64_t job, Context& c, const std::str
         load_part(dir, "output.weight", row_size(co.tensor_types.at("output.weight"), w.cols()) * size_t(w.rows()));
   }
   if (embedding_trained(store, job) && tr->at("types").at("token_embd.weight") == v->at("types").at("token_embd.weight"))
-    co.tensor_blocks["token_embd.weight"] = embedding_blocks(store, job, c, co.tensor_types.at("token_embd.weight"));
+    co.tensor_blocks["token_embd.weight"] = trained_embedding(store, job, c, co.tensor_types.at("token_embd.weight"));
   add_trained_norms(store, job, c.model, co.tensor_types, co.tensor_blocks);
   co.file_type = dominant_file_type(c.model_path, co.tensor_types);
   co.imatrix = &c.imatrix;
