@@ -91,6 +91,32 @@ TEST(GradualTrainer, TrainedRoundingBeatsPlainRoundingOnARealBlock) {
   }
 }
 
+TEST(GradualTrainer, DecayingRateFallsLinearlyAcrossThePhase) {
+  const gradual::TrainPhase p{4, 2e-3f};
+  const int64_t steps = 10;  // per epoch
+  for (int e = 0; e < p.epochs; ++e)
+    for (int64_t k = 0; k < steps; ++k) EXPECT_EQ(gradual::scheduled_rate(p, false, e, k, steps), p.lr);
+  float last = 2 * p.lr;
+  for (int e = 0; e < p.epochs; ++e)
+    for (int64_t k = 0; k < steps; ++k) {
+      const float r = gradual::scheduled_rate(p, true, e, k, steps);
+      const double expect = p.lr * (1.0 - double(e * steps + k) / double(p.epochs * steps));
+      EXPECT_NEAR(r, expect, 1e-9) << e << " " << k;
+      EXPECT_LT(r, last);  // strictly falling, across epoch boundaries too
+      EXPECT_GT(r, 0.0f);  // the last step still moves
+      last = r;
+    }
+  EXPECT_EQ(gradual::scheduled_rate(p, true, 0, 0, steps), p.lr);
+  // The job decays only its final training; a job stored before the setting kept the rate constant.
+  gradual::Settings s;
+  EXPECT_TRUE(s.final_lr_decay);
+  EXPECT_FALSE(s.train.decay);
+  nlohmann::json j = s.to_json();
+  EXPECT_TRUE(gradual::Settings::from_json(j).final_lr_decay);
+  j.erase("final_lr_decay");
+  EXPECT_FALSE(gradual::Settings::from_json(j).final_lr_decay);
+}
+
 TEST(GradualTrainer, AdaptiveStopSavesStepsWhenTheBudgetIsOutOfReach) {
   engine::Model m = engine::Model::load(kModel);
   BlockSample s = block_sample(m, 2, 64, 64);

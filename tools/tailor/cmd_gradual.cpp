@@ -27,7 +27,7 @@ struct GradualArgs {
   std::optional<double> memory_reduction, max_ppl, target_bpw;
   gradual::Settings s;
   int64_t job = 0;
-  bool json = false, quiet = false, no_adaptive = false;
+  bool json = false, quiet = false, no_adaptive = false, no_decay = false;
 };
 
 std::vector<int> parse_ladder(const std::string& text) {
@@ -182,6 +182,7 @@ void run(GradualArgs& a) {
     if (!a.ladder.empty()) a.s.ladder = parse_ladder(a.ladder);
     if (!a.importance_weights.empty()) set_weights(a.s.importance, a.importance_weights);
     if (a.no_adaptive) a.s.train.adaptive = false;
+    if (a.no_decay) a.s.final_lr_decay = false;
     if (!a.measure_types.empty()) a.s.measure.types = measure::parse_types(a.measure_types);
     r = gradual::run_gradual(store, a.model, a.s, opt);
   }
@@ -232,6 +233,7 @@ void register_gradual(CLI::App& app) {
   cmd->add_option("--samples", a->s.samples, "Calibration sequences (the full sample)")->capture_default_str();
   cmd->add_option("--small-sample", a->s.train.small_sample, "Adaptive training: sequences of the first run")->capture_default_str();
   cmd->add_flag("--no-adaptive", a->no_adaptive, "Always train on the full sample");
+  cmd->add_flag("--no-lr-decay", a->no_decay, "Final training: keep each phase's rate constant instead of decaying it linearly to 0");
   cmd->add_option("--attn-epochs", a->s.train.attn.epochs, "Attention-only epochs")->capture_default_str();
   cmd->add_option("--attn-lr", a->s.train.attn.lr, "Attention-only signed-gradient step")->capture_default_str();
   cmd->add_option("--mlp-epochs", a->s.train.mlp.epochs, "MLP-only epochs")->capture_default_str();

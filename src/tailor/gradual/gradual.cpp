@@ -71,6 +71,7 @@ json Settings::to_json() const {
               {"adaptive", train.adaptive},
               {"small_sample", train.small_sample},
               {"eval_sequences", train.eval_sequences}}},
+            {"final_lr_decay", final_lr_decay},
             {"ladder", ladder},
             {"levels", lv},
             {"max_recover", max_recover},
@@ -111,6 +112,7 @@ Settings Settings::from_json(const json& j) {
     s.ladder = j.at("ladder").get<std::vector<int>>();
     s.levels.clear();
     for (const auto& [bits, types] : j.at("levels").items()) s.levels[std::stoi(bits)] = types_of(types);
+    s.final_lr_decay = j.value("final_lr_decay", false);  // jobs from before the setting: constant
     s.max_recover = j.at("max_recover").get<int>();
     s.output_epochs = j.at("output_epochs").get<int>();
     s.e2e_epochs = j.value("e2e_epochs", 0);  // jobs from before end-to-end training: none
@@ -775,6 +777,7 @@ void Worker::finals() {
       // final training always runs the whole schedule on the whole sample.
       TrainOptions to = c_.s.train;
       to.adaptive = false;
+      to.decay = c_.s.final_lr_decay;
       BlockQuantizer q(c_.model, b, &c_.imatrix, to);
       q.set_types(types);
       const auto bm = store_.unit_metrics(job_, fmt::format("block.{}", b));

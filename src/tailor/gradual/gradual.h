@@ -42,6 +42,9 @@ struct Settings {
   int64_t n_ctx = 128;    // tokens per calibration sequence
   int64_t samples = 512;  // calibration sequences (the full sample)
   TrainOptions train;
+  // The final training of every block decays its rates (TrainOptions::decay);
+  // the walk's short runs keep them constant.
+  bool final_lr_decay = true;
   std::vector<int> ladder = {8, 4, 2};
   // Types per bit level, coarse to fine (least scale overhead first).
   std::map<int, std::vector<GgmlType>> levels;

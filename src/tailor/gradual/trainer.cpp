@@ -137,8 +137,15 @@ double BlockQuantizer::error(const BlockData& d, int64_t seqs) {
   return den > 0 ? num / den : 0.0;
 }
 
-void BlockQuantizer::epoch(const BlockData& d, int64_t seqs, const std::vector<int>& lins, float lr,
-                           TrainReport& rep, std::vector<double>* curve_steps,
+float scheduled_rate(const TrainPhase& phase, bool decay, int e, int64_t step, int64_t steps) {
+  if (!decay || phase.epochs <= 0 || steps <= 0) return phase.lr;
+  const float first = phase.lr * (1.0f - float(e) / float(phase.epochs));  // this epoch's first rate
+  const float next = phase.lr * (1.0f - float(e + 1) / float(phase.epochs));  // the next epoch's
+  return first + (next - first) * float(step) / float(steps);
+}
+
+void BlockQuantizer::epoch(const BlockData& d, int64_t seqs, const std::vector<int>& lins,
+                           const TrainPhase& phase, int e, TrainReport& rep, std::vector<double>* curve_steps,
                            std::vector<double>* curve_loss) {
   std::array<float*, kNumLin> g{};
   for (int i : lins)
@@ -148,7 +155,9 @@ void BlockQuantizer::epoch(const BlockData& d, int64_t seqs, const std::vector<i
       g[size_t(i)] = grads_[size_t(i)].data();
     }
   if (std::all_of(g.begin(), g.end(), [](float* p) { return p == nullptr; })) return;
+  const int64_t steps = seqs / opt_.batch;
   for (int64_t s0 = 0; s0 + opt_.batch <= seqs; s0 += opt_.batch) {
+    const float lr = scheduled_rate(phase, opt_.decay, e, s0 / opt_.batch, steps);
     const std::vector<int64_t> lengths(size_t(opt_.batch), d.n_ctx);
     const int64_t count = opt_.batch * d.n_ctx * d.dim, off = s0 * d.n_ctx * d.dim;
     y_.resize(size_t(count));
@@ -191,7 +200,7 @@ void BlockQuantizer::run_schedule(const BlockData& d, int64_t seqs, TrainReport&
       {&kAttn, opt_.attn}, {&kMlp, opt_.mlp}, {&kAll, opt_.joint}};
   for (const auto& [lins, phase] : phases)
     for (int e = 0; e < phase.epochs; ++e) {
-      epoch(d, seqs, *lins, phase.lr, rep, curve_steps, curve_loss);
+      epoch(d, seqs, *lins, phase, e, rep, curve_steps, curve_loss);
       const double err = error(d, eval_seqs);
       if (err < best_err) {
         best_err = err;
