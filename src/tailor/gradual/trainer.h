@@ -52,12 +52,12 @@ struct TrainOptions {
   bool decay = false;
 };
 
-// Calibration activations of one block: inputs and the targets the trained
-// block should reproduce, `seqs` sequences of n_ctx tokens, rows of dim.
 // The rate of step `step` of `steps` in epoch `e` of `phase`: phase.lr, or
 // with decay falling linearly from it across the phase's steps.
 float scheduled_rate(const TrainPhase& phase, bool decay, int e, int64_t step, int64_t steps);
 
+// Calibration activations of one block: inputs and the targets the trained
+// block should reproduce, `seqs` sequences of n_ctx tokens, rows of dim.
 struct BlockData {
   const float* x = nullptr;
   const float* y = nullptr;
